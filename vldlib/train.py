@@ -1,0 +1,343 @@
+"""Fine-tuning with very large dropout: the paper's loop, resumable and deterministic.
+
+Each step draws ``batch_size_per_domain`` images from every training domain, concatenates them, and
+takes one SGD step on the cross-entropy, with BatchNorm statistics frozen and the learning rate
+divided by 10 at each milestone. Every ``eval_every`` steps (and at the last step) the model is
+evaluated on the training domains' validation splits and on the held-out domain, one record is
+appended to results.jsonl and a checkpoint is saved. The selected step is the one with the best
+training-domain validation accuracy.
+
+Exact resume: the images of step t, their augmentation and the data order are a pure function of
+(seed, t), and the checkpoint holds the model, optimiser, scheduler and RNG states, so a run killed
+at any point and restarted with the same command ends with the same results, bit for bit on a CPU.
+"""
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from vldlib.backbones import create_model, load_weights, set_batchnorm_eval
+from vldlib.config import Config
+from vldlib.data import MultiDomainData, get_dataset
+from vldlib.data.splits import seed_hash, split_indices, subsample
+from vldlib.data.transforms import eval_transform, train_transform
+from vldlib.errors import ConfigError, RunError
+from vldlib.evaluate import accuracy, predict, select_by_iid, summarise
+from vldlib.runs import RunDir, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+EVAL_CACHE_BYTES = 2 << 30  # evaluation inputs are transformed once and kept if they fit
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item t is step t's training batch: ``batch_size`` images of each training domain.
+
+    Data order: a fresh seeded permutation of each domain per pass. Augmentation: torch's RNG is
+    seeded from (seed, t) while the batch is built. Both depend on t alone, so resuming at step t
+    or loading with worker processes gives the same batches.
+    """
+
+    def __init__(
+        self,
+        domains: Sequence[tuple[torch.utils.data.Dataset, np.ndarray]],
+        batch_size: int,
+        transform: Callable,
+        seed: int,
+    ) -> None:
+        self.domains = domains
+        self.batch_size = batch_size
+        self.transform = transform
+        self.seed = seed
+        self._perm: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _order(self, d: int, epoch: int) -> np.ndarray:
+        if (d, epoch) not in self._perm:
+            self._perm = {k: v for k, v in self._perm.items() if k[0] != d}  # keep one per domain
+            rng = np.random.default_rng(seed_hash(self.seed, "order", d, epoch))
+            self._perm[d, epoch] = rng.permutation(len(self.domains[d][1]))
+        return self._perm[d, epoch]
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_hash(self.seed, "augment", step))
+            for d, (dataset, indices) in enumerate(self.domains):
+                n = len(indices)
+                for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+                    x, y = dataset[int(indices[self._order(d, k // n)[k % n]])]
+                    xs.append(self.transform(x))
+                    ys.append(y)
+        return torch.stack(xs), torch.tensor(ys)
+
+
+@dataclass
+class EvalSet:
+    """One domain's evaluation split: inputs transformed once (seeded), and its labels."""
+
+    name: str
+    dataset: torch.utils.data.Dataset
+    indices: np.ndarray
+    transform: Callable
+    seed: int
+    targets: torch.Tensor
+    cached: torch.Tensor | None = None
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        if self.cached is not None:
+            yield from self.cached.split(batch_size)
+            return
+        for start in range(0, len(self.indices), batch_size):
+            chunk = self.indices[start : start + batch_size]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_hash(self.seed, "eval", self.name, start))
+                yield torch.stack([self.transform(self.dataset[int(i)][0]) for i in chunk])
+
+    def cache_if_small(self, sample_bytes: int, batch_size: int) -> None:
+        if sample_bytes * len(self.indices) <= EVAL_CACHE_BYTES:
+            self.cached = torch.cat(list(self.batches(batch_size)))
+
+
+def build_splits(
+    config: Config, data: MultiDomainData
+) -> tuple[list[tuple[Any, np.ndarray]], list[EvalSet]]:
+    """Training pools and evaluation splits for leave-one-domain-out.
+
+    Each training domain is (optionally) subsampled to ``train_domain_size`` and split 80/20
+    with ``split_seed``; the held-out domain is evaluated on all its images, or on a fixed subset of
+    ``test_domain_size`` of them.
+    """
+    size = config.image_size or data.image_size
+    val_tf = train_transform(size, data.channels, config.augment and config.augment_val)
+    test_tf = eval_transform(size, data.channels)
+    pools, evals = [], []
+    for i, (name, env) in enumerate(zip(data.domains, data.envs, strict=True)):
+        if i == config.test_env:
+            idx = subsample(len(env), config.test_domain_size, config.split_seed, i)
+            targets = torch.as_tensor(env.targets[idx])
+            evals.append(EvalSet(name, env, idx, test_tf, config.seed, targets))
+            continue
+        keep = subsample(len(env), config.train_domain_size, config.split_seed, i)
+        tr, va = split_indices(len(keep), config.holdout_fraction, config.split_seed, i)
+        pools.append((env, keep[tr]))
+        targets = torch.as_tensor(env.targets[keep[va]])
+        evals.append(EvalSet(name, env, keep[va], val_tf, config.seed, targets))
+    return pools, evals
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.SGD:
+    """SGD with momentum; the classifier's learning rate is ``last_layer_lr_factor`` × lr."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    trunk = [p for p in model.parameters() if id(p) not in head]
+    groups = [
+        {"params": trunk, "lr": config.lr},
+        {
+            "params": list(model.get_classifier().parameters()),
+            "lr": config.lr * config.last_layer_lr_factor,
+        },
+    ]
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, gauss_next = state["python"]
+    random.setstate((3, tuple(keys), gauss_next))
+    np_keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np_keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _format(record: dict[str, Any]) -> str:
+    return (
+        f"step {record['step']} | loss {record['train_loss']:.4f} | iid_acc "
+        f"{record['iid_acc']:.4f} | ood_acc {record['ood_acc']:.4f} | lr {record['lr']:.1e} | "
+        f"s/step {record['s_per_step']:.3f}"
+    )
+
+
+def train(
+    config: Config,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    data: MultiDomainData | None = None,
+) -> dict[str, Any]:
+    """Fine-tune one model and return its final record (the step selected by i.i.d. validation).
+
+    Args:
+        config: the run's resolved config.
+        output_dir: the run folder (see ``vldlib.runs``); an unfinished run there is resumed.
+        overwrite: discard a finished run or one with another config in ``output_dir``.
+        progress: show a progress bar.
+        data: the dataset, if already loaded (else ``get_dataset(config.dataset, data_dir)``).
+    """
+    data = data or get_dataset(config.dataset, config.data_dir)
+    if config.test_env >= len(data.domains):
+        raise ConfigError(
+            f"test_env {config.test_env} is out of range for {data.name}, whose domains are "
+            + ", ".join(f"{i}={d}" for i, d in enumerate(data.domains))
+        )
+    pools, evals = build_splits(config, data)  # bad sizes fail here, before any file is written
+    device = resolve_device(config.device)
+    run = RunDir(output_dir)
+    status = run.prepare(config, overwrite)
+    if status == "done":
+        log.info("%s is already finished; pass --overwrite to redo it", run.path)
+        return run.final_record()
+
+    # 1) model and optimiser, seeded
+    seed_everything(config.seed)
+    size = config.image_size or data.image_size
+    for e in evals:
+        e.cache_if_small(4 * data.channels * size * size, config.eval_batch_size)
+    model = create_model(config.backbone, len(data.classes), config.dropout, data.channels)
+    load_weights(model, config.weights)
+    model.to(device)
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(config.lr_milestones), config.lr_gamma
+    )
+    train_tf = train_transform(size, data.channels, config.augment)
+    steps = StepBatches(pools, config.batch_size_per_domain, train_tf, config.seed)
+
+    # 2) resume from the last checkpoint, dropping records written after it
+    start, loss_sum, loss_n = 0, 0.0, 0
+    if status == "resume":
+        state = load_checkpoint(run.checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = int(state["step"])
+        run.truncate_after(start)
+        log.info("resuming %s from step %d", run.path, start)
+
+    loader = torch.utils.data.DataLoader(
+        steps,
+        batch_size=None,
+        sampler=range(start, config.steps),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # else creating the iterator draws from the global RNG
+    )
+    train_domains = [d for i, d in enumerate(data.domains) if i != config.test_env]
+    test_domain = data.domains[config.test_env]
+
+    # 3) the loop
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fine-tune")
+    tick = time.perf_counter()
+    for step, (x, y) in enumerate(loader, start=start + 1):
+        model.train()
+        if config.freeze_bn:
+            set_batchnorm_eval(model)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        if not math.isfinite(loss.item()):
+            last = (
+                load_checkpoint(run.checkpoint_path)["step"] if run.checkpoint_path.exists() else 0
+            )
+            raise RunError(
+                f"non-finite loss ({loss.item()}) at step {step}; the run stopped and its last "
+                f"good checkpoint (step {last}) is kept in {run.path}. Lower lr or check the inputs"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+        if step % config.eval_every == 0 or step == config.steps:
+            acc = {
+                e.name: accuracy(
+                    predict(model, e.batches(config.eval_batch_size), device), e.targets
+                )
+                for e in evals
+            }
+            record = {
+                "step": step,
+                "method": "model",
+                "train_loss": loss_sum / loss_n,
+                "lr": optimizer.param_groups[0]["lr"],
+                "s_per_step": (time.perf_counter() - tick) / loss_n,
+                **summarise(acc, train_domains, test_domain),
+            }
+            run.append(record)
+            if progress:
+                bar.write(_format(record))
+            else:
+                log.info(_format(record))
+            save_checkpoint(
+                run.checkpoint_path,
+                {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                },
+            )
+            loss_sum, loss_n, tick = 0.0, 0, time.perf_counter()
+    bar.close()
+
+    # 4) selection by training-domain validation, then the done marker
+    records = [r for r in run.records() if r.get("method") == "model" and not r.get("final")]
+    best = select_by_iid(records)
+    final = {
+        "final": True,
+        "method": "model",
+        "selected_step": best["step"],
+        "steps": config.steps,
+        "iid_acc": best["iid_acc"],
+        "ood_acc": best["ood_acc"],
+        "acc": best["acc"],
+        "test_domain": test_domain,
+        "config_hash": config.hash(),
+    }
+    run.finish(final)
+    return final
