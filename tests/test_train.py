@@ -16,7 +16,7 @@ from vldlib.errors import RunError
 from vldlib.runs import RunDir, load_checkpoint
 from vldlib.train import train
 
-TIMING = ("s_per_step",)
+TIMING = ("s_per_step", "s_baselines")
 
 
 def _metrics(records):

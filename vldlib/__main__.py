@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 
 from vldlib.config import PROFILES, Config, make_config, parse_value
-from vldlib.errors import VldlibError
+from vldlib.errors import ConfigError, VldlibError
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
+    make_config(args.profile)  # an unknown profile is named before --test-env NAME needs it
     overrides = {}
     for f in fields(Config):
         text = getattr(args, f.name)
@@ -79,24 +80,35 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
+def _numbers(flag: str, text: str, kind: type = int) -> list:
+    """A comma-separated list given to ``--flag``; ConfigError if it does not parse."""
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--{flag} expects comma-separated {kind.__name__}s (e.g. 0,1), got {text!r}"
+        ) from None
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from vldlib.collect import dropout_table, load_curves, load_runs, loss_plateau
+    from vldlib.collect import dropout_table, load_curves, load_runs, loss_plateau, methods_table
     from vldlib.data import get_dataset
-    from vldlib.sweeps import grid, run_local
+    from vldlib.sweeps import combine_grid, grid, run_local
 
+    make_config(args.profile)  # an unknown profile is a ConfigError, not a KeyError
+    seeds, dropouts = _numbers("seeds", args.seeds), _numbers("dropouts", args.dropouts, float)
     dataset = PROFILES[args.profile].get("dataset", Config.dataset)
     n_domains = len(get_dataset(dataset).domains)
-    envs = range(n_domains) if args.test_envs == "all" else _ints(args.test_envs)
-    dropouts = [float(v) for v in args.dropouts.split(",")]
-    run_local(grid(args.profile, _ints(args.seeds), dropouts, list(envs)), args.runs_dir)
-    table = dropout_table(load_runs(args.runs_dir), dropouts[0], dropouts[-1])
-    print(table.to_markdown(index=False))
+    envs = range(n_domains) if args.test_envs == "all" else _numbers("test-envs", args.test_envs)
+    configs = grid(args.profile, seeds, dropouts, list(envs))
+    run_local(configs, args.runs_dir)
+    runs = load_runs(args.runs_dir)
+    print(dropout_table(runs, dropouts[0], dropouts[-1]).to_markdown(index=False))
     print("\nmean training loss by step (has it levelled off?):")
     print(loss_plateau(load_curves(args.runs_dir)).round(3).to_markdown())
+    combined = combine_grid(configs, args.runs_dir)
+    print("\nevery method, averaged over held-out domains:")
+    print(methods_table(runs, combined).to_markdown(index=False))
     return 0
 
 

@@ -74,7 +74,25 @@ class ResidualBottleneck(nn.Module):
         return x + self.f(x)
 
 
-class VLDNet(nn.Module):
+class _TimmHeadApi(nn.Module):
+    """timm's head methods for a model whose VeryLargeDropoutHead is the attribute ``head_name``."""
+
+    head_name = "head"
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return getattr(self, self.head_name)(x.mean(dim=(2, 3)), pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.head_name).fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        getattr(self, self.head_name).reset(num_classes)
+
+
+class VLDNet(_TimmHeadApi):
     """The embedded benchmark's backbone: a small residual net with a wide Φ.
 
     28×28 input → stem (16) → basic block (16, 28×28) → basic block (32, 14×14) → 1×1 projection
@@ -119,25 +137,15 @@ class VLDNet(nn.Module):
         x = self.stage2(self.stage1(self.stem(x)))  # (B, 32, 14, 14)
         return self.stage3(self.entry(x))  # (B, D, 7, 7)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x.mean(dim=(2, 3)), pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.reset(num_classes)
-
-
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(_TimmHeadApi):
     """A torchvision ResNet with timm's API; its ``fc`` is a VeryLargeDropoutHead.
 
     The trunk keeps torchvision's parameter names (``conv1``, ``layer1`` …), so torchvision's
     IMAGENET1K_V1/V2 files load as they are; the pre-trained ``fc`` is dropped and re-initialised.
     """
+
+    head_name = "fc"
 
     def __init__(self, name: str, num_classes: int, drop_rate: float, in_chans: int = 3) -> None:
         super().__init__()
@@ -152,18 +160,6 @@ class TorchvisionResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)), pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc.reset(num_classes)
 
 
 def list_backbones() -> list[str]:

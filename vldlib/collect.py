@@ -4,7 +4,9 @@ Reads only run folders (config.json + results.jsonl), never models.
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,39 +15,40 @@ from scipy import stats
 from vldlib.runs import CONFIG, RunDir
 
 
-def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per finished run: its config and its final (i.i.d.-selected) record."""
-    rows = []
+def finished_runs(root: str | Path) -> Iterator[tuple[dict[str, Any], RunDir]]:
+    """(config dict, run folder) of every finished run directly under ``root``, sorted by name."""
     for cfg_path in sorted(Path(root).glob(f"*/{CONFIG}")):
         run = RunDir(cfg_path.parent)
-        if not run.is_done():
-            continue
-        config = json.loads(cfg_path.read_text())["config"]
-        final = run.final_record()
-        rows.append(
-            {
-                **{k: config[k] for k in ("dataset", "test_env", "dropout", "seed", "lr")},
-                "test_domain": final["test_domain"],
-                "selected_step": final["selected_step"],
-                "steps": final["steps"],
-                "iid_acc": final["iid_acc"],
-                "ood_acc": final["ood_acc"],
-                "run": cfg_path.parent.name,
-            }
-        )
+        if run.is_done():
+            yield json.loads(cfg_path.read_text())["config"], run
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per finished run and method: its config and its final (i.i.d.-selected) record."""
+    rows = []
+    for config, run in finished_runs(root):
+        for method, final in run.final_records().items():
+            rows.append(
+                {
+                    **{k: config[k] for k in ("dataset", "test_env", "dropout", "seed", "lr")},
+                    "method": method,
+                    "test_domain": final["test_domain"],
+                    "selected_step": final["selected_step"],
+                    "steps": final["steps"],
+                    "iid_acc": final["iid_acc"],
+                    "ood_acc": final["ood_acc"],
+                    "run": run.path.name,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def load_curves(root: str | Path) -> pd.DataFrame:
     """Every evaluation record of every finished run (step, train loss, accuracies)."""
     rows = []
-    for cfg_path in sorted(Path(root).glob(f"*/{CONFIG}")):
-        run = RunDir(cfg_path.parent)
-        if not run.is_done():
-            continue
-        config = json.loads(cfg_path.read_text())["config"]
+    for config, run in finished_runs(root):
         for r in run.records():
-            if not r.get("final"):
+            if not r.get("final") and r["method"] == "model":
                 rows.append(
                     {
                         "dropout": config["dropout"],
@@ -69,6 +72,7 @@ def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 def dropout_table(runs: pd.DataFrame, baseline: float = 0.0, method: float = 0.9) -> pd.DataFrame:
     """Per held-out domain: o.o.d. and i.i.d. accuracy (mean ± std over seeds) of the baseline
     and the method, and their paired o.o.d. difference (same seed) with a 95% CI."""
+    runs = runs[runs.method == "model"]
     rows = []
     domains = runs.sort_values("test_env")["test_domain"].unique()
     for domain in [*domains, "average"]:
@@ -91,6 +95,35 @@ def dropout_table(runs: pd.DataFrame, baseline: float = 0.0, method: float = 0.9
             }
         )
     return pd.DataFrame(rows)
+
+
+def methods_table(runs: pd.DataFrame, combined: pd.DataFrame) -> pd.DataFrame:
+    """O.o.d. and i.i.d. accuracy of every method, per dropout rate, averaged over held-out domains.
+
+    Per-run methods (``model``, ``traj_avg``, ``traj_ens``) show mean ± std over seeds of the
+    domain average; the 1× combinations (one per domain and dropout) show the domain average.
+    """
+    rows = []
+    for (dropout, method), sub in runs.groupby(["dropout", "method"]):
+        per_seed = sub.groupby("seed")[["ood_acc", "iid_acc"]].mean()
+        rows.append(
+            {
+                "dropout": dropout,
+                "method": method,
+                "ood_acc": f"{per_seed.ood_acc.mean():.3f} ± {per_seed.ood_acc.std():.3f}",
+                "iid_acc": f"{per_seed.iid_acc.mean():.3f}",
+            }
+        )
+    for (dropout, method), sub in combined.groupby(["dropout", "method"]):
+        rows.append(
+            {
+                "dropout": dropout,
+                "method": method,
+                "ood_acc": f"{sub.ood_acc.mean():.3f}",
+                "iid_acc": f"{sub.iid_acc.mean():.3f}",
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["dropout", "method"]).reset_index(drop=True)
 
 
 def loss_plateau(curves: pd.DataFrame) -> pd.DataFrame:

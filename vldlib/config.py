@@ -9,6 +9,7 @@ ConfigError naming the key and what it accepts.
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -50,6 +51,11 @@ class Config:
     # --- evaluation and selection (training-domain validation, Gulrajani & Lopez-Paz 2020)
     eval_every: int = 300
     eval_batch_size: int = 256
+    # --- baselines along the same trajectory (§4.1: ★ weight averaging, ▲ ensembles, 1296×)
+    trajectory_baselines: bool = True  # evaluate both at every evaluation, in the same run
+    average_start: int = 300  # the authors' ``ma_start_iter``
+    average_every: str = "eval"  # "eval": every eval step (paper's text); "step": the code's
+    ensemble_mode: str = "prob"  # "prob": mean probabilities; "logit": summed logits (the code)
     # --- run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -57,6 +63,10 @@ class Config:
 
     def __post_init__(self) -> None:
         check_drop_rate(self.dropout)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = ("steps", "lr", "eval_every", "eval_batch_size", "batch_size_per_domain")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -75,6 +85,12 @@ class Config:
         for name in ("train_domain_size", "test_domain_size"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ConfigError(f"{name} must be >= 2 or None, got {getattr(self, name)}")
+        if self.average_every not in ("eval", "step"):
+            raise ConfigError(f"average_every must be 'eval' or 'step', got {self.average_every!r}")
+        if self.ensemble_mode not in ("prob", "logit"):
+            raise ConfigError(
+                f"ensemble_mode must be 'prob' or 'logit', got {self.ensemble_mode!r}"
+            )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -102,7 +118,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         test_domain_size=1000,
         steps=300,
         lr_milestones=(150,),
-        eval_every=20,
+        eval_every=25,
+        average_start=25,
         lr=1e-2,
     ),
     "smoke": dict(
@@ -114,6 +131,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         steps=6,
         lr_milestones=(3,),
         eval_every=3,
+        average_start=3,
         batch_size_per_domain=8,
         lr=1e-2,
     ),

@@ -186,12 +186,18 @@ class RunDir:
     def append(self, record: dict[str, Any]) -> None:
         append_record(self.results_path, record)
 
-    def finish(self, final: dict[str, Any]) -> None:
-        self.append(final)
+    def finish(self, finals: list[dict[str, Any]]) -> None:
+        """Append the final records (one per method), then mark the run done."""
+        for final in finals:
+            self.append(final)
         atomic_write_bytes(self.done_path, b"")
 
-    def final_record(self) -> dict[str, Any]:
-        finals = [r for r in self.records() if r.get("final")]
+    def final_records(self) -> dict[str, dict[str, Any]]:
+        """The final record of each method, by method name."""
+        finals = {r["method"]: r for r in self.records() if r.get("final")}
         if not finals:
             raise RunError(f"{self.path} is marked done but has no final record")
-        return finals[-1]
+        return finals
+
+    def final_record(self, method: str = "model") -> dict[str, Any]:
+        return self.final_records()[method]

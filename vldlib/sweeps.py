@@ -9,11 +9,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from vldlib.config import Config, make_config
 from vldlib.data import MultiDomainData, get_dataset
-from vldlib.runs import RunDir
+from vldlib.runs import RunDir, append_record, read_records
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +61,23 @@ def run_local(
             continue
         finals.append(train(config, folder, progress=False, data=datasets[key]))
     return finals
+
+
+def combine_grid(configs: Sequence[Config], root: str | Path) -> pd.DataFrame:
+    """The 1× combinations of each (held-out domain, dropout) group of seeds, computed once and
+    kept in ``root/combined.jsonl``."""
+    from vldlib.combine import combine_runs
+
+    path = Path(root) / "combined.jsonl"
+    done = {(r["test_env"], r["dropout"], r["method"]) for r in read_records(path)}
+    groups: dict[tuple[int, float], list[Config]] = {}
+    for c in configs:
+        groups.setdefault((c.test_env, c.dropout), []).append(c)
+    data = get_dataset(configs[0].dataset, configs[0].data_dir)
+    for (env, dropout), group in groups.items():
+        if all((env, dropout, m) in done for m in ("ens_1x", "soup_1x", "greedy_1x")):
+            continue
+        dirs = [run_dir(root, c, data) for c in group]
+        for record in combine_runs(dirs, group):
+            append_record(path, {"test_env": env, "dropout": dropout, **record})
+    return pd.DataFrame(read_records(path))

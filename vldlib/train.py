@@ -3,8 +3,10 @@
 Each step draws ``batch_size_per_domain`` images from every training domain, concatenates them, and
 takes one SGD step on the cross-entropy, with BatchNorm statistics frozen and the learning rate
 divided by 10 at each milestone. Every ``eval_every`` steps (and at the last step) the model is
-evaluated on the training domains' validation splits and on the held-out domain, one record is
-appended to results.jsonl and a checkpoint is saved. The selected step is the one with the best
+evaluated on the training domains' validation splits and on the held-out domain, one record per
+method is appended to results.jsonl and a checkpoint is saved. The methods are the model itself
+(``model``) and, riding along the same trajectory, its running weight average (``traj_avg``) and
+the ensemble of its checkpoints (``traj_ens``). Each method's selected step is the one with its best
 training-domain validation accuracy.
 
 Exact resume: the images of step t, their augmentation and the data order are a pure function of
@@ -16,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from vldlib.averaging import TrajectoryAverage
 from vldlib.backbones import create_model, load_weights, set_batchnorm_eval
 from vldlib.config import Config
 from vldlib.data import MultiDomainData, get_dataset
 from vldlib.data.splits import seed_hash, split_indices, subsample
 from vldlib.data.transforms import eval_transform, train_transform
-from vldlib.errors import ConfigError, RunError
+from vldlib.ensembles import TrajectoryEnsemble
+from vldlib.errors import ConfigError, RunError, VldlibError
 from vldlib.evaluate import accuracy, predict, select_by_iid, summarise
 from vldlib.runs import RunDir, load_checkpoint, save_checkpoint
 
@@ -191,12 +195,44 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _format(record: dict[str, Any]) -> str:
-    return (
-        f"step {record['step']} | loss {record['train_loss']:.4f} | iid_acc "
-        f"{record['iid_acc']:.4f} | ood_acc {record['ood_acc']:.4f} | lr {record['lr']:.1e} | "
-        f"s/step {record['s_per_step']:.3f}"
+def _format(records: list[dict[str, Any]]) -> str:
+    model, *others = records
+    line = (
+        f"step {model['step']} | loss {model['train_loss']:.4f} | iid_acc "
+        f"{model['iid_acc']:.4f} | ood_acc {model['ood_acc']:.4f} | lr {model['lr']:.1e} | "
+        f"s/step {model['s_per_step']:.3f}"
     )
+    return line + "".join(f" | {r['method']}_ood {r['ood_acc']:.4f}" for r in others)
+
+
+def _logits(model: nn.Module, evals: list[EvalSet], config: Config, device) -> dict:
+    return {e.name: predict(model, e.batches(config.eval_batch_size), device) for e in evals}
+
+
+def _scores(logits: dict[str, torch.Tensor], evals: list[EvalSet]) -> dict[str, float]:
+    return {e.name: accuracy(logits[e.name], e.targets) for e in evals}
+
+
+def _kept(run: RunDir) -> str:
+    if run.checkpoint_path.exists():
+        last = load_checkpoint(run.checkpoint_path)["step"]
+        where = f"its last good checkpoint (step {last}) is kept in {run.path}"
+    else:
+        where = f"no checkpoint was saved yet, so it restarts from step 0 in {run.path}"
+    return f"the run stopped and {where}. Lower lr or check the inputs"
+
+
+def _unwrapped(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; a VldlibError from a DataLoader worker keeps its own one-line message
+    (torch re-raises it with the worker's traceback as the message)."""
+    try:
+        yield from loader
+    except VldlibError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        marker = f"{type(e).__module__}.{type(e).__name__}: "
+        raise type(e)(text.rsplit(marker, 1)[-1].strip()) from None
 
 
 def train(
@@ -223,19 +259,19 @@ def train(
         )
     pools, evals = build_splits(config, data)  # bad sizes fail here, before any file is written
     device = resolve_device(config.device)
+    # 1) model and optimiser, seeded: a bad backbone or weights file fails before any write
+    seed_everything(config.seed)
+    model = create_model(config.backbone, len(data.classes), config.dropout, data.channels)
+    load_weights(model, config.weights)
     run = RunDir(output_dir)
     status = run.prepare(config, overwrite)
     if status == "done":
         log.info("%s is already finished; pass --overwrite to redo it", run.path)
         return run.final_record()
 
-    # 1) model and optimiser, seeded
-    seed_everything(config.seed)
     size = config.image_size or data.image_size
     for e in evals:
         e.cache_if_small(4 * data.channels * size * size, config.eval_batch_size)
-    model = create_model(config.backbone, len(data.classes), config.dropout, data.channels)
-    load_weights(model, config.weights)
     model.to(device)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -243,6 +279,10 @@ def train(
     )
     train_tf = train_transform(size, data.channels, config.augment)
     steps = StepBatches(pools, config.batch_size_per_domain, train_tf, config.seed)
+    average = ensemble = None
+    if config.trajectory_baselines:
+        average = TrajectoryAverage(model, config.average_start, config.average_every)
+        ensemble = TrajectoryEnsemble(config.average_start, config.ensemble_mode)
 
     # 2) resume from the last checkpoint, dropping records written after it
     start, loss_sum, loss_n = 0, 0.0, 0
@@ -252,6 +292,9 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
+        if average is not None:
+            average.load_state_dict(state["average"])
+            ensemble.load_state_dict(state["ensemble"])
         start = int(state["step"])
         run.truncate_after(start)
         log.info("resuming %s from step %d", run.path, start)
@@ -269,21 +312,15 @@ def train(
 
     # 3) the loop
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fine-tune")
-    tick = time.perf_counter()
-    for step, (x, y) in enumerate(loader, start=start + 1):
+    tick, baseline_seconds = time.perf_counter(), 0.0
+    for step, (x, y) in enumerate(_unwrapped(loader), start=start + 1):
         model.train()
         if config.freeze_bn:
             set_batchnorm_eval(model)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
         if not math.isfinite(loss.item()):
-            last = (
-                load_checkpoint(run.checkpoint_path)["step"] if run.checkpoint_path.exists() else 0
-            )
-            raise RunError(
-                f"non-finite loss ({loss.item()}) at step {step}; the run stopped and its last "
-                f"good checkpoint (step {last}) is kept in {run.path}. Lower lr or check the inputs"
-            )
+            raise RunError(f"non-finite loss ({loss.item()}) at step {step}; {_kept(run)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -291,53 +328,78 @@ def train(
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        is_eval = step % config.eval_every == 0 or step == config.steps
+        if average is not None:
+            t0 = time.perf_counter()
+            average.on_step(model, step, is_eval)
+            baseline_seconds += time.perf_counter() - t0
+        if not is_eval:
+            continue
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise RunError(f"non-finite weights after the update of step {step}; {_kept(run)}")
 
-        if step % config.eval_every == 0 or step == config.steps:
-            acc = {
-                e.name: accuracy(
-                    predict(model, e.batches(config.eval_batch_size), device), e.targets
-                )
-                for e in evals
-            }
-            record = {
+        # 4) evaluate the model, then the baselines riding along its trajectory
+        logits = _logits(model, evals, config, device)
+        s_per_step = (time.perf_counter() - tick - baseline_seconds) / loss_n
+        records = [
+            {
                 "step": step,
                 "method": "model",
                 "train_loss": loss_sum / loss_n,
                 "lr": optimizer.param_groups[0]["lr"],
-                "s_per_step": (time.perf_counter() - tick) / loss_n,
-                **summarise(acc, train_domains, test_domain),
+                "s_per_step": s_per_step,
+                **summarise(_scores(logits, evals), train_domains, test_domain),
             }
+        ]
+        t0 = time.perf_counter()
+        if average is not None and average.n_averaged > 0:
+            avg_logits = _logits(average.module, evals, config, device)
+            acc = _scores(avg_logits, evals)
+            records.append({"step": step, "method": "traj_avg", "n_models": average.n_averaged})
+            records[-1].update(summarise(acc, train_domains, test_domain))
+        ens_scores = ensemble.add(step, logits) if ensemble is not None else None
+        if ens_scores is not None:
+            acc = _scores(ens_scores, evals)
+            records.append({"step": step, "method": "traj_ens", "n_models": ensemble.count})
+            records[-1].update(summarise(acc, train_domains, test_domain))
+        baseline_seconds += time.perf_counter() - t0
+        records[0]["s_baselines"] = baseline_seconds  # time the baselines added since last eval
+        for record in records:
             run.append(record)
-            if progress:
-                bar.write(_format(record))
-            else:
-                log.info(_format(record))
-            save_checkpoint(
-                run.checkpoint_path,
-                {
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
-                },
-            )
-            loss_sum, loss_n, tick = 0.0, 0, time.perf_counter()
+        (bar.write if progress else log.info)(_format(records))
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        }
+        if average is not None:
+            state |= {"average": average.state_dict(), "ensemble": ensemble.state_dict()}
+        save_checkpoint(run.checkpoint_path, state)
+        loss_sum, loss_n, tick, baseline_seconds = 0.0, 0, time.perf_counter(), 0.0
     bar.close()
 
-    # 4) selection by training-domain validation, then the done marker
-    records = [r for r in run.records() if r.get("method") == "model" and not r.get("final")]
-    best = select_by_iid(records)
-    final = {
-        "final": True,
-        "method": "model",
-        "selected_step": best["step"],
-        "steps": config.steps,
-        "iid_acc": best["iid_acc"],
-        "ood_acc": best["ood_acc"],
-        "acc": best["acc"],
-        "test_domain": test_domain,
-        "config_hash": config.hash(),
-    }
-    run.finish(final)
-    return final
+    # 5) per method, selection by training-domain validation; then the done marker
+    evals_by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in run.records():
+        if not r.get("final"):
+            evals_by_method.setdefault(r["method"], []).append(r)
+    finals = []
+    for method, records in evals_by_method.items():
+        best = select_by_iid(records)
+        finals.append(
+            {
+                "final": True,
+                "method": method,
+                "selected_step": best["step"],
+                "steps": config.steps,
+                "iid_acc": best["iid_acc"],
+                "ood_acc": best["ood_acc"],
+                "acc": best["acc"],
+                "test_domain": test_domain,
+                "config_hash": config.hash(),
+            }
+        )
+    run.finish(finals)
+    return finals[0]
