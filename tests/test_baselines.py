@@ -124,3 +124,15 @@ def test_baselines_ride_along_one_run(tmp_path):
     assert by["traj_ens", 12]["n_models"] == len([s for m, s in by if m == "model" and s >= 3])
     assert set(run.final_records()) == {"model", "traj_avg", "traj_ens"}
     assert by["model", 4]["s_baselines"] >= 0
+
+
+def test_last_layer_learning_rate_factor():
+    from vldlib.backbones import VLDNet
+    from vldlib.train import make_optimizer
+
+    model = VLDNet(num_classes=4, in_chans=1)
+    opt = make_optimizer(model, make_config("cpu", lr=0.01, last_layer_lr_factor=10))
+    trunk, head = opt.param_groups
+    assert trunk["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.get_classifier().parameters()}
+    assert len(trunk["params"]) + len(head["params"]) == len(list(model.parameters()))

@@ -91,7 +91,14 @@ def _numbers(flag: str, text: str, kind: type = int) -> list:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from vldlib.collect import dropout_table, load_curves, load_runs, loss_plateau, methods_table
+    from vldlib.collect import (
+        baseline_overhead,
+        dropout_table,
+        load_curves,
+        load_runs,
+        loss_plateau,
+        methods_table,
+    )
     from vldlib.data import get_dataset
     from vldlib.sweeps import combine_grid, grid, run_local
 
@@ -107,8 +114,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print("\nmean training loss by step (has it levelled off?):")
     print(loss_plateau(load_curves(args.runs_dir)).round(3).to_markdown())
     combined = combine_grid(configs, args.runs_dir)
-    print("\nevery method, averaged over held-out domains:")
+    print("\no.o.d. accuracy of every method (trajectory baselines and 1x combinations):")
     print(methods_table(runs, combined).to_markdown(index=False))
+    print(f"\nextra wall time of the trajectory baselines: {baseline_overhead(args.runs_dir):.1%}")
     return 0
 
 

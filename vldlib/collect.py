@@ -98,32 +98,43 @@ def dropout_table(runs: pd.DataFrame, baseline: float = 0.0, method: float = 0.9
 
 
 def methods_table(runs: pd.DataFrame, combined: pd.DataFrame) -> pd.DataFrame:
-    """O.o.d. and i.i.d. accuracy of every method, per dropout rate, averaged over held-out domains.
+    """O.o.d. accuracy of every method and dropout rate, per held-out domain and averaged.
 
-    Per-run methods (``model``, ``traj_avg``, ``traj_ens``) show mean ± std over seeds of the
-    domain average; the 1× combinations (one per domain and dropout) show the domain average.
+    Per-run methods (``model``, ``traj_avg``, ``traj_ens``) show mean ± std over seeds (the average
+    column is taken per seed first); the 1× combinations, one per domain and dropout, show their
+    single value. ``iid`` is the domain-averaged training-domain validation accuracy.
     """
+    names = dict(runs.drop_duplicates("test_env").set_index("test_env").test_domain)
     rows = []
     for (dropout, method), sub in runs.groupby(["dropout", "method"]):
+        row = {"dropout": dropout, "method": method}
+        for env, domain in sorted(names.items()):
+            acc = sub[sub.test_env == env].ood_acc
+            row[domain] = f"{acc.mean():.3f} ± {acc.std():.3f}"
         per_seed = sub.groupby("seed")[["ood_acc", "iid_acc"]].mean()
-        rows.append(
-            {
-                "dropout": dropout,
-                "method": method,
-                "ood_acc": f"{per_seed.ood_acc.mean():.3f} ± {per_seed.ood_acc.std():.3f}",
-                "iid_acc": f"{per_seed.iid_acc.mean():.3f}",
-            }
-        )
+        row["average"] = f"{per_seed.ood_acc.mean():.3f} ± {per_seed.ood_acc.std():.3f}"
+        row["iid"] = f"{per_seed.iid_acc.mean():.3f}"
+        rows.append(row)
     for (dropout, method), sub in combined.groupby(["dropout", "method"]):
-        rows.append(
-            {
-                "dropout": dropout,
-                "method": method,
-                "ood_acc": f"{sub.ood_acc.mean():.3f}",
-                "iid_acc": f"{sub.iid_acc.mean():.3f}",
-            }
-        )
+        row = {"dropout": dropout, "method": method}
+        for env, domain in sorted(names.items()):
+            row[domain] = f"{sub[sub.test_env == env].ood_acc.mean():.3f}"
+        row["average"] = f"{sub.ood_acc.mean():.3f}"
+        row["iid"] = f"{sub.iid_acc.mean():.3f}"
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["dropout", "method"]).reset_index(drop=True)
+
+
+def baseline_overhead(root: str | Path) -> float:
+    """Extra wall time of the trajectory baselines as a fraction of the rest of the runs' time."""
+    base = extra = 0.0
+    for _, run in finished_runs(root):
+        records = [r for r in run.records() if r.get("method") == "model" and "s_per_step" in r]
+        steps = [0] + [r["step"] for r in records]
+        for prev, r in zip(steps, records, strict=False):
+            base += r["s_per_step"] * (r["step"] - prev)
+            extra += r.get("s_baselines", 0.0)
+    return extra / base if base else float("nan")
 
 
 def loss_plateau(curves: pd.DataFrame) -> pd.DataFrame:

@@ -118,8 +118,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         test_domain_size=1000,
         steps=300,
         lr_milestones=(150,),
-        eval_every=25,
-        average_start=25,
+        eval_every=50,
+        average_start=50,
         lr=1e-2,
     ),
     "smoke": dict(
