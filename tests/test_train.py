@@ -124,3 +124,15 @@ def test_sigkill_then_same_command_resumes_to_identical_results(tmp_path):
     a = load_checkpoint(ref / "checkpoint.pt")["model"]
     b = load_checkpoint(killed / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_smoke_profile_runs_on_the_embedded_benchmark_with_shipped_weights(tmp_path):
+    """The committed rich backbone loads into the smoke profile's run (AnimalStyles, offline)."""
+    from vldlib.backbones import resolve_weights
+    from vldlib.pretrain import read_card
+
+    card = read_card(resolve_weights("rich"))
+    assert card["n_classes"] == 72 and card["test_accuracy"] > 0.5
+    final = train(make_config("smoke", test_env=1), tmp_path / "run", progress=False)
+    assert final["test_domain"] == "sketch" and 0.0 <= final["ood_acc"] <= 1.0
+    assert RunDir(tmp_path / "run").is_done()

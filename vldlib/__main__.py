@@ -108,12 +108,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     n_domains = len(get_dataset(dataset).domains)
     envs = range(n_domains) if args.test_envs == "all" else _numbers("test-envs", args.test_envs)
     configs = grid(args.profile, seeds, dropouts, list(envs))
-    run_local(configs, args.runs_dir)
+    if not args.collect_only:
+        run_local(configs, args.runs_dir)
     runs = load_runs(args.runs_dir)
     print(dropout_table(runs, dropouts[0], dropouts[-1]).to_markdown(index=False))
     print("\nmean training loss by step (has it levelled off?):")
     print(loss_plateau(load_curves(args.runs_dir)).round(3).to_markdown())
-    combined = combine_grid(configs, args.runs_dir)
+    combined = combine_grid(configs, args.runs_dir, compute=not args.collect_only)
     print("\no.o.d. accuracy of every method (trajectory baselines and 1x combinations):")
     print(methods_table(runs, combined).to_markdown(index=False))
     print(f"\nextra wall time of the trajectory baselines: {baseline_overhead(args.runs_dir):.1%}")
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropouts", default="0,0.9", help="baseline first, method last")
     p.add_argument("--test-envs", default="all")
     p.add_argument("--runs-dir", default="results/cpu")
+    p.add_argument("--collect-only", action="store_true", help="tabulate finished runs; train none")
     p.set_defaults(func=cmd_benchmark)
 
     args = parser.parse_args(argv)

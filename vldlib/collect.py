@@ -115,7 +115,8 @@ def methods_table(runs: pd.DataFrame, combined: pd.DataFrame) -> pd.DataFrame:
         row["average"] = f"{per_seed.ood_acc.mean():.3f} ± {per_seed.ood_acc.std():.3f}"
         row["iid"] = f"{per_seed.iid_acc.mean():.3f}"
         rows.append(row)
-    for (dropout, method), sub in combined.groupby(["dropout", "method"]):
+    groups = combined.groupby(["dropout", "method"]) if len(combined) else []
+    for (dropout, method), sub in groups:
         row = {"dropout": dropout, "method": method}
         for env, domain in sorted(names.items()):
             row[domain] = f"{sub[sub.test_env == env].ood_acc.mean():.3f}"

@@ -63,9 +63,9 @@ def run_local(
     return finals
 
 
-def combine_grid(configs: Sequence[Config], root: str | Path) -> pd.DataFrame:
+def combine_grid(configs: Sequence[Config], root: str | Path, compute: bool = True) -> pd.DataFrame:
     """The 1× combinations of each (held-out domain, dropout) group of seeds, computed once and
-    kept in ``root/combined.jsonl``."""
+    kept in ``root/combined.jsonl``; ``compute=False`` only reads what is there."""
     from vldlib.combine import combine_runs
 
     path = Path(root) / "combined.jsonl"
@@ -75,7 +75,9 @@ def combine_grid(configs: Sequence[Config], root: str | Path) -> pd.DataFrame:
         groups.setdefault((c.test_env, c.dropout), []).append(c)
     data = get_dataset(configs[0].dataset, configs[0].data_dir)
     for (env, dropout), group in groups.items():
-        if all((env, dropout, m) in done for m in ("ens_1x", "soup_1x", "greedy_1x")):
+        if not compute or all(
+            (env, dropout, m) in done for m in ("ens_1x", "soup_1x", "greedy_1x")
+        ):
             continue
         dirs = [run_dir(root, c, data) for c in group]
         for record in combine_runs(dirs, group):
