@@ -136,3 +136,19 @@ def test_last_layer_learning_rate_factor():
     assert trunk["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
     assert {id(p) for p in head["params"]} == {id(p) for p in model.get_classifier().parameters()}
     assert len(trunk["params"]) + len(head["params"]) == len(list(model.parameters()))
+
+
+def test_1x_combinations_of_a_run_with_itself_equal_its_final_model(tmp_path):
+    from vldlib.combine import combine_runs
+
+    config = make_config(
+        "smoke", dataset="Debug", weights=None, test_domain_size=20, steps=6, eval_every=3
+    )
+    train(config, tmp_path / "run", progress=False)
+    records = RunDir(tmp_path / "run").records()
+    last = [r for r in records if r.get("method") == "model" and not r.get("final")][-1]
+    assert last["step"] == 6  # the checkpoint holds the final (last-step) model
+    records = {r["method"]: r for r in combine_runs([tmp_path / "run"] * 2, [config] * 2)}
+    assert set(records) == {"ens_1x", "soup_1x", "greedy_1x"}
+    for r in records.values():
+        assert r["acc"] == last["acc"], r["method"]

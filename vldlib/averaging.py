@@ -19,7 +19,8 @@ class TrajectoryAverage:
     """Uniform running mean of the weights along a trajectory, from ``start`` on.
 
     ``every="eval"`` adds the model at each evaluation step ≥ ``start`` (the paper's text: "model
-    weights collected every 300 iterations"); ``every="step"`` adds it after every step ≥ ``start``
+    weights collected every 300 iterations"); ``every="step"`` adds it after every step from
+    ``start`` on
     (the authors' code). Built on ``torch.optim.swa_utils.AveragedModel``.
     """
 

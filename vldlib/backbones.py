@@ -95,8 +95,9 @@ class _TimmHeadApi(nn.Module):
 class VLDNet(_TimmHeadApi):
     """The embedded benchmark's backbone: a small residual net with a wide Φ.
 
-    28×28 input → stem (16) → basic block (16, 28×28) → basic block (32, 14×14) → 1×1 projection
-    to ``num_features`` at 7×7 → ``depth`` bottlenecks of inner width ``inner`` → average pool → Φ.
+    28×28 input → stem (16) → basic block (16, 28×28) → basic block (32, 14×14)
+    → 1×1 projection to ``num_features`` at 7×7 → ``depth`` bottlenecks of inner width
+    ``inner`` → average pool → Φ.
     Like a ResNet50's ``layer4`` (2048 wide, inner 512), the last stage is a wide residual stream
     read by narrow bottlenecks, which keeps Φ wide at a CPU-sized cost.
 

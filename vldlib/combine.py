@@ -1,4 +1,4 @@
-"""Combining the final models of several runs: the paper's 1× ensemble ▲ and 1× weight average ★.
+"""Combining the final models of several runs: the paper's 1× ensemble ▲ and weight average ★.
 
 The runs of one group (same dataset, held-out domain and method; different hyper-parameters or
 seeds) share their data splits, so their final models are evaluated on the same splits. Three
@@ -20,7 +20,7 @@ from vldlib.backbones import create_model
 from vldlib.config import Config
 from vldlib.data import get_dataset
 from vldlib.ensembles import combine
-from vldlib.evaluate import accuracy, predict, summarise
+from vldlib.evaluate import split_accuracies, split_logits, summarise
 from vldlib.runs import RunDir, load_checkpoint
 
 
@@ -48,10 +48,10 @@ def combine_runs(
 
     def logits_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model.load_state_dict(state)
-        return {e.name: predict(model, e.batches(first.eval_batch_size), dev) for e in evals}
+        return split_logits(model, evals, first.eval_batch_size, dev)
 
     def record(method: str, scores: dict[str, torch.Tensor], n: int) -> dict[str, Any]:
-        acc = {e.name: accuracy(scores[e.name], e.targets) for e in evals}
+        acc = split_accuracies(scores, evals)
         return {"method": method, "n_models": n, **summarise(acc, train_domains, test_domain)}
 
     outputs = [logits_of(s) for s in states]
@@ -59,13 +59,11 @@ def combine_runs(
     records = [record("ens_1x", ens, len(states))]
     records.append(record("soup_1x", logits_of(uniform_soup(states)), len(states)))
 
+    val_splits = [e for e in evals if e.name != test_domain]
+
     def iid_score(m: torch.nn.Module) -> float:  # training domains' validation splits only
-        scores = {
-            e.name: accuracy(predict(m, e.batches(first.eval_batch_size), dev), e.targets)
-            for e in evals
-            if e.name != test_domain
-        }
-        return sum(scores.values()) / len(scores)
+        acc = split_accuracies(split_logits(m, val_splits, first.eval_batch_size, dev), val_splits)
+        return sum(acc.values()) / len(acc)
 
     soup, kept, _ = greedy_soup(model, states, iid_score)
     records.append(record("greedy_1x", logits_of(soup), len(kept)))

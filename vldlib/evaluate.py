@@ -4,8 +4,8 @@ Selection never looks at the held-out domain: it maximises ``iid_acc``, the mean
 training domains' validation splits (Gulrajani & Lopez-Paz 2020, the paper's protocol).
 """
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +25,27 @@ def predict(
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == targets).float().mean().item()
+
+
+class Split(Protocol):
+    """An evaluation split: a name, its input batches and its labels (``train.EvalSet``)."""
+
+    name: str
+    targets: torch.Tensor
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+
+def split_logits(
+    model: nn.Module, splits: Sequence[Split], batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The model's logits on every split, by split name."""
+    return {s.name: predict(model, s.batches(batch_size), device) for s in splits}
+
+
+def split_accuracies(scores: dict[str, torch.Tensor], splits: Sequence[Split]) -> dict[str, float]:
+    """Accuracy per split from logits (or any per-class scores, e.g. ensemble probabilities)."""
+    return {s.name: accuracy(scores[s.name], s.targets) for s in splits}
 
 
 def summarise(

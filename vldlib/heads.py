@@ -1,4 +1,5 @@
-"""The very-large-dropout head: dropout on the penultimate representation Φ(x), then a linear layer.
+"""The very-large-dropout head: dropout on the penultimate representation Φ(x), then a linear
+layer.
 
 Paper §3.1: Φ_dropout(x) = m(λ) / (1 - λ) ⊙ Φ(x) with m_i ~ Bernoulli(1 - λ), and no dropout
 at test time. This is inverted dropout, exactly what ``torch.nn.Dropout(λ)`` computes. The head

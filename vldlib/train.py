@@ -37,7 +37,7 @@ from vldlib.data.splits import seed_hash, split_indices, subsample
 from vldlib.data.transforms import eval_transform, train_transform
 from vldlib.ensembles import TrajectoryEnsemble
 from vldlib.errors import ConfigError, RunError, VldlibError
-from vldlib.evaluate import accuracy, predict, select_by_iid, summarise
+from vldlib.evaluate import select_by_iid, split_accuracies, split_logits, summarise
 from vldlib.runs import RunDir, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,6 @@ def _format(records: list[dict[str, Any]]) -> str:
     return line + "".join(f" | {r['method']}_ood {r['ood_acc']:.4f}" for r in others)
 
 
-def _logits(model: nn.Module, evals: list[EvalSet], config: Config, device) -> dict:
-    return {e.name: predict(model, e.batches(config.eval_batch_size), device) for e in evals}
-
-
-def _scores(logits: dict[str, torch.Tensor], evals: list[EvalSet]) -> dict[str, float]:
-    return {e.name: accuracy(logits[e.name], e.targets) for e in evals}
-
-
 def _kept(run: RunDir) -> str:
     if run.checkpoint_path.exists():
         last = load_checkpoint(run.checkpoint_path)["step"]
@@ -339,7 +331,7 @@ def train(
             raise RunError(f"non-finite weights after the update of step {step}; {_kept(run)}")
 
         # 4) evaluate the model, then the baselines riding along its trajectory
-        logits = _logits(model, evals, config, device)
+        logits = split_logits(model, evals, config.eval_batch_size, device)
         s_per_step = (time.perf_counter() - tick - baseline_seconds) / loss_n
         records = [
             {
@@ -348,18 +340,18 @@ def train(
                 "train_loss": loss_sum / loss_n,
                 "lr": optimizer.param_groups[0]["lr"],
                 "s_per_step": s_per_step,
-                **summarise(_scores(logits, evals), train_domains, test_domain),
+                **summarise(split_accuracies(logits, evals), train_domains, test_domain),
             }
         ]
         t0 = time.perf_counter()
         if average is not None and average.n_averaged > 0:
-            avg_logits = _logits(average.module, evals, config, device)
-            acc = _scores(avg_logits, evals)
+            avg_logits = split_logits(average.module, evals, config.eval_batch_size, device)
+            acc = split_accuracies(avg_logits, evals)
             records.append({"step": step, "method": "traj_avg", "n_models": average.n_averaged})
             records[-1].update(summarise(acc, train_domains, test_domain))
         ens_scores = ensemble.add(step, logits) if ensemble is not None else None
         if ens_scores is not None:
-            acc = _scores(ens_scores, evals)
+            acc = split_accuracies(ens_scores, evals)
             records.append({"step": step, "method": "traj_ens", "n_models": ensemble.count})
             records[-1].update(summarise(acc, train_domains, test_domain))
         baseline_seconds += time.perf_counter() - t0

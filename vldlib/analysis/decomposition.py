@@ -1,9 +1,9 @@
-"""The residual-sum decomposition of Φ over the last residual stage (paper §3.1; Veit et al. 2016).
+"""The residual-sum decomposition of Φ over the last residual stage (§3.1; Veit et al. 2016).
 
 A residual stage maps its input s_0 through blocks s_{k+1} = s_k + f_k(s_k), so the pooled
-representation telescopes: Φ = pool(s_0) + Σ_k [pool(s_{k+1}) − pool(s_k)]. Dropping a unit of Φ
-therefore removes that unit from every block's contribution at once, which is the paper's argument
-for putting the dropout on Φ rather than after each block.
+representation telescopes: Φ = pool(s_0) + Σ_k [pool(s_{k+1}) − pool(s_k)]. Dropping a
+unit of Φ therefore removes that unit from every block's contribution at once, which is the
+paper's argument for putting the dropout on Φ rather than after each block.
 """
 
 import torch
@@ -14,7 +14,7 @@ from vldlib.errors import ConfigError
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
-    """Global average pool (B, C, H, W) → (B, C), in float64 so the telescoping sum stays exact."""
+    """Global average pool (B, C, H, W) → (B, C) in float64, so the telescoping stays exact."""
     return t.detach().double().mean(dim=(2, 3))
 
 
@@ -31,11 +31,12 @@ def block_contributions(
     φ_k = pool(f_k(s_k)) exactly and ``entry`` = pool(s_0) is the pooled output of ``model.entry``.
 
     torchvision/timm ResNets: the first block of ``layer4`` halves the resolution, so it has no
-    additive form; it is folded into ``entry``, which is its pooled output, and the contributions
-    are those of blocks 2..n. These blocks end in a ReLU after the sum, so φ_k = pool(s_{k+1} − s_k)
-    still telescopes exactly but is pool(relu(s_k + f_k(s_k)) − s_k), not pool(f_k(s_k)): it
-    includes what the ReLU clips. Everything that is not residual (the stem, the earlier stages and
-    the downsampling shortcut of the first block) is counted in ``entry``.
+    additive form; it is folded into ``entry``, which is its pooled output, and the
+    contributions are those of blocks 2..n. These blocks end in a ReLU after the sum, so
+    φ_k = pool(s_{k+1} − s_k) still telescopes exactly, but it equals
+    pool(relu(s_k + f_k(s_k)) − s_k), not pool(f_k(s_k)): it includes what the ReLU clips.
+    Everything that is not residual (the stem, the earlier stages and the downsampling
+    shortcut of the first block) is counted in ``entry``.
 
     Returns:
         phi: (B, D) Φ(x) = ``forward_features(x)`` pooled, before any dropout.
@@ -83,7 +84,7 @@ def check_sum(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> float:
     error = (entry + sum(contributions) - phi.double()).abs().max().item()
     if error > atol:
         raise ConfigError(
-            f"{type(model).__name__}: entry + Σ block contributions differs from Φ by {error:.2e} "
+            f"{type(model).__name__}: entry + Σ contributions differs from Φ by {error:.2e} "
             f"(> {atol:.0e}); the model changes the stream after its last residual block, so use a "
             "ResNet or VLDNet backbone"
         )
@@ -93,10 +94,11 @@ def check_sum(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> float:
 def norm_shares(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """The share of Φ carried by the entry and by each block, averaged over the batch ``x``.
 
-    The share of a part p is ⟨p, Φ⟩ / ‖Φ‖², the length of p's projection onto Φ in units of ‖Φ‖.
-    The shares sum to 1 because the parts sum to Φ; a share can be negative (a block that pulls Φ
-    back) or above 1. Keys: ``entry``, then ``block1``, ``block2`` … for the contributions in order
-    (for a ResNet, ``block1`` is ``layer4[1]``, as ``layer4[0]`` is the entry).
+    The share of a part p is ⟨p, Φ⟩ / ‖Φ‖²: the length of its projection onto Φ, in
+    units of ‖Φ‖. The shares sum to 1 because the parts sum to Φ; a share can be negative (a
+    block that pulls Φ back) or above 1. Keys: ``entry``, then ``block1``, ``block2`` … for
+    the contributions in order (for a ResNet, ``block1`` is ``layer4[1]``, as
+    ``layer4[0]`` is the entry).
     """
     _, entry, contributions = block_contributions(model, x)
     parts = [entry, *contributions]

@@ -69,9 +69,9 @@ def fit(
     """Full-batch gradient descent on the mean logistic loss of the training split (X, y).
 
     Each step draws a fresh inverted-dropout mask on the inputs (rate ``dropout``, seeded) and adds
-    the penalty l2/2·‖w‖² (not on the bias). The default ``lr`` is (1 − dropout) / max_j E[x_j²],
-    below the stability limit 4 / λ_max of the loss on dropped-out inputs, whose scale is
-    E[x_j²] / (1 − dropout).
+    the penalty l2/2·‖w‖² (not on the bias). The default ``lr``,
+    (1 − dropout) / max_j E[x_j²], is below the stability limit 4 / λ_max of the loss on
+    dropped-out inputs, whose scale is E[x_j²] / (1 − dropout).
 
     Returns:
         w: (d,) weights; b: the bias; history: (steps // record_every + 1, d) weights every
@@ -145,7 +145,7 @@ def dropout_losses(
     n_samples: int,
     seed: int = 0,
 ) -> torch.Tensor:
-    """(n_samples,) values of the squared loss ½·mean_i (y_i − x̃_i·w)², one per seeded mask."""
+    """(n_samples,) squared losses ½·mean_i (y_i − x̃_i·w)², one per seeded mask."""
     X, y, w = X.double(), y.double(), w.double()
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(n_samples, *X.shape, generator=g, dtype=torch.float64) >= rate
@@ -164,7 +164,8 @@ def dropout_penalty_check(
     """Monte-Carlo dropout loss vs its closed form, for the squared loss where it is exact.
 
     Inverted dropout keeps E[x̃·w] = x·w and adds the variance λ/(1−λ)·Σ_j w_j² x_j², so
-    E_mask[½(y − x̃·w)²] = ½(y − x·w)² + ½·λ/(1−λ)·Σ_j w_j² x_j² (Wager et al. 2013; Srivastava
+    E_mask[½(y − x̃·w)²] = ½(y − x·w)² + ½·λ/(1−λ)·Σ_j w_j² x_j²
+    (Wager et al. 2013; Srivastava
     et al. 2014): an L2 penalty weighted by each feature's E[x_j²] on (X, y). A feature with a
     large scale, like the strong one here, is penalised most, which plain L2 does not do.
 
