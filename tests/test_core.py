@@ -114,6 +114,13 @@ def test_config_hash_ignores_location_but_not_method():
     assert make_config("paper", **json.loads(json.dumps(a.to_dict()))) == a
 
 
+def test_committed_runs_keep_their_hash():
+    # results/cpu/ is found by these hashes: a new result-changing Config field, or a changed
+    # cpu-profile value, must rerun the benchmark on purpose, not by accident.
+    config = make_config("cpu", test_env=0, dropout=0.0, seed=0)
+    assert config.hash() == "e36b6be8bedc"
+
+
 def test_parse_value_handles_none_tuples_and_bools():
     assert parse_value("weights", "none") is None
     assert parse_value("lr_milestones", "5000,8000") == (5000, 8000)
