@@ -1,4 +1,4 @@
-"""Command line: ``python -m vldlib {datasets,train,pretrain,benchmark} ...``.
+"""Command line: ``python -m vldlib {datasets,train,pretrain,benchmark,sweep,collect,bench} ...``.
 
 Every config field is a flag (``--weight-decay 5e-5``, ``--lr-milestones 5000``,
 ``--weights none``); ``--profile`` picks the defaults they override. Bad input ends with one
@@ -121,6 +121,105 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(flag: str, items: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` arguments of a repeatable flag, by config key."""
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--{flag} expects KEY=VALUE (e.g. steps=100), got {item!r}")
+        pairs[key.replace("-", "_")] = value
+    return pairs
+
+
+def _sweep_configs(args: argparse.Namespace) -> list[Config]:
+    """The grid's configs with --set overrides, filtered by --where, weights under --weights."""
+    from vldlib.grids import get_grid, with_weights_dir
+
+    grid = get_grid(args.grid)
+    overrides = {k: parse_value(k, v) for k, v in _pairs("set", args.set).items()}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    configs = grid.configs(**overrides)
+    for key, text in _pairs("where", args.where).items():
+        wanted = {parse_value(key, v) for v in text.split(",")}
+        configs = [c for c in configs if getattr(c, key) in wanted]
+    return with_weights_dir(grid, configs, args.weights)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vldlib.sweeps import run_dir, run_local, run_parallel, run_status, submit_slurm
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    configs = _sweep_configs(args)
+    runs_dir = args.runs_dir or f"runs/{args.grid}"
+    status = [run_status(run_dir(runs_dir, c)) for c in configs]
+    counts = {s: status.count(s) for s in ("done", "partial", "new")}
+    images = sum(
+        c.steps * c.batch_size_per_domain * (len(_domains(c)) - 1)
+        for c, s in zip(configs, status, strict=True)
+        if s != "done"
+    )
+    print(
+        f"grid {args.grid}: {len(configs)} runs in {runs_dir}: {counts['done']} done, "
+        f"{counts['partial']} to resume, {counts['new']} new; {images:,} training images to go"
+    )
+    if args.dry_run:
+        for c, s in zip(configs, status, strict=True):
+            print(f"{s:8} {run_dir(runs_dir, c).name}")
+        return 0
+    if args.launcher == "slurm":
+        jobs = submit_slurm(
+            configs,
+            runs_dir,
+            gpus_per_job=args.gpus_per_job,
+            timeout_min=args.timeout_min,
+            partition=args.partition,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            array_parallelism=args.array_parallelism,
+            cluster=args.cluster,
+        )
+        print(f"submitted {len(jobs)} jobs" + (f" (array {jobs[0].job_id})" if jobs else ""))
+        if args.wait:
+            for job in jobs:
+                job.result()
+            print(f"{len(jobs)} jobs finished")
+        return 0
+    if args.jobs > 1:
+        run_parallel(configs, runs_dir, args.jobs)
+    else:
+        run_local(configs, runs_dir)
+    print(f"all {len(configs)} runs done; tables: python -m vldlib collect {runs_dir}")
+    return 0
+
+
+def _domains(config: Config) -> tuple[str, ...]:
+    from vldlib.grids import domains_of
+
+    return domains_of(config)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vldlib.collect import collect_figures, to_markdown
+    from vldlib.errors import RunError
+
+    if not Path(args.runs_dir).is_dir():
+        raise RunError(f"runs folder {args.runs_dir} does not exist")
+    tables = collect_figures(args.runs_dir, args.out)
+    if not tables:
+        print(f"no finished run of a known grid in {args.runs_dir}")
+        return 1
+    for name, table in tables.items():
+        print(f"## {name}\n\n{to_markdown(table)}\n")
+    if args.out:
+        print(f"wrote {', '.join(f'{n}.csv/.md' for n in tables)} to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vldlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +251,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="results/cpu")
     p.add_argument("--collect-only", action="store_true", help="tabulate finished runs; train none")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("sweep", help="run a grid of the paper (or the CPU benchmark); skips done")
+    p.add_argument("--grid", required=True, help="cpu, smoke, fig2 ... fig8 (vldlib.grids)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--jobs", type=int, default=1, help="local: runs at once, in subprocesses")
+    p.add_argument("--runs-dir", default=None, help="default runs/<grid>")
+    p.add_argument("--data-dir", default=None, help="the folder that holds PACS/, VLCS/ ...")
+    p.add_argument("--weights", default=None, help="the folder holding resnet50-*.pth")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in every run")
+    p.add_argument("--where", action="append", metavar="KEY=V1,V2", help="keep only these runs")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs of each run")
+    p.add_argument("--timeout-min", type=int, default=720, help="slurm: time limit of each run")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    p.add_argument("--cpus-per-task", type=int, default=10, help="slurm: data-loading cores")
+    p.add_argument("--mem-gb", type=int, default=None, help="slurm: memory of each run")
+    p.add_argument("--array-parallelism", type=int, default=256, help="slurm: runs at once")
+    p.add_argument("--cluster", default=None, help="submitit cluster; 'local' runs it here")
+    p.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to finish")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("collect", help="one table per figure from a runs folder (CSV, Markdown)")
+    p.add_argument("runs_dir")
+    p.add_argument("--out", default=None, help="write <grid>.csv and <grid>.md here")
+    p.set_defaults(func=cmd_collect)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from vldlib.runs import CONFIG, RunDir
+from vldlib.config import EXECUTION_FIELDS
+from vldlib.grids import GRIDS, HPARAM_FIELDS, Grid
+from vldlib.runs import CONFIG, RunDir, read_records
+
+COMBINED = "combined.jsonl"  # the 1× combinations of a runs folder (``sweeps.combine_grid``)
+RESULT_COLUMNS = ("method", "test_domain", "iid_acc", "ood_acc", "run")
 
 
 def finished_runs(root: str | Path) -> Iterator[tuple[dict[str, Any], RunDir]]:
@@ -144,3 +149,160 @@ def loss_plateau(curves: pd.DataFrame) -> pd.DataFrame:
     marks = [steps[max(0, int(round(q * len(steps))) - 1)] for q in (0.25, 0.5, 0.75, 1.0)]
     sub = curves[curves.step.isin(marks)]
     return sub.pivot_table(index="dropout", columns="step", values="train_loss", aggfunc="mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# One table per figure: the runs of each grid in a runs folder
+
+
+def _file_name(weights: str | None) -> str | None:
+    return None if weights is None else Path(weights).name
+
+
+def load_all(root: str | Path) -> pd.DataFrame:
+    """One row per finished run and method: every result-changing config field (weights by file
+    name) and the run's final record, selected by training-domain validation."""
+    rows = []
+    for config, run in finished_runs(root):
+        fields = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        fields["weights"] = _file_name(fields.get("weights"))
+        for method, final in run.final_records().items():
+            rows.append(
+                {
+                    **fields,
+                    "method": method,
+                    "test_domain": final["test_domain"],
+                    "iid_acc": final["iid_acc"],
+                    "ood_acc": final["ood_acc"],
+                    "run": run.path.name,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def combo_cloud(per_domain: list[np.ndarray]) -> np.ndarray:
+    """Every average over domains with one hyper-parameter choice per domain: with 6 choices on 4
+    domains, the paper's 6^4 = 1296 points. ``per_domain[d]`` holds domain d's choices."""
+    total = np.zeros(())
+    for d, values in enumerate(per_domain):
+        shape = [1] * len(per_domain)
+        shape[d] = len(values)
+        total = total + np.asarray(values, dtype=float).reshape(shape)
+    return total.ravel() / len(per_domain)
+
+
+def _summary(sub: pd.DataFrame) -> dict[str, Any]:
+    """Mean and 95% CI over seeds, and the range over hyper-parameter choices (seed means)."""
+    per_seed = sub.groupby("seed")[["iid_acc", "ood_acc"]].mean()
+    ood, half = mean_ci(per_seed.ood_acc.to_numpy())
+    by_choice = sub.groupby(["test_env", *HPARAM_FIELDS]).ood_acc.mean()
+    cloud = combo_cloud([g.to_numpy() for _, g in by_choice.groupby(level="test_env")])
+    return {
+        "runs": sub.run.nunique(),
+        "seeds": len(per_seed),
+        "iid": per_seed.iid_acc.mean(),
+        "ood": ood,
+        "ood_ci95": half,
+        "combos": len(cloud),
+        "ood_min": cloud.min(),
+        "ood_max": cloud.max(),
+    }
+
+
+def figure_table(
+    runs: pd.DataFrame, grid: Grid, combined: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The table of one figure: per dataset, recipe and method, each held-out domain and their
+    average.
+
+    ``ood``/``iid``: mean over seeds of the accuracy at the step selected by training-domain
+    validation (averaged over hyper-parameter choices and, on ``average`` rows, over domains
+    first), with the half-width of its 95% Student-t interval over seeds. ``combos``,
+    ``ood_min``, ``ood_max``: the cloud of the paper's scatter plots, one point per choice of
+    (lr, weight decay) for each held-out domain (6^4 = 1296 on the paper's grid). The 1×
+    combinations of ``combined`` (one model per domain) have no interval.
+    """
+    if not len(runs):
+        return pd.DataFrame()
+    runs = runs[[grid.matches(r) for r in runs.to_dict("records")]]
+    if not len(runs):
+        return pd.DataFrame()
+    ignored = {"test_env", "seed", *HPARAM_FIELDS}
+    group = [k for k in grid.fields() if k not in ignored]
+    configured = [k for k in runs.columns if k not in RESULT_COLUMNS and k not in ignored]
+    group += [k for k in configured if k not in group and runs[k].nunique(dropna=False) > 1]
+    if "dataset" not in group:
+        group.insert(0, "dataset")
+    names = dict(runs.drop_duplicates("test_env").set_index("test_env").test_domain)
+    rows = []
+    for values, sub in runs.groupby(group, dropna=False, sort=True):
+        key = dict(zip(group, values, strict=True))
+        for method, runs_of_method in sub.groupby("method", sort=True):
+            for _, domain_runs in runs_of_method.groupby("test_env"):
+                rows.append(
+                    key | {"method": method, "test_domain": domain_runs.test_domain.iloc[0]}
+                )
+                rows[-1] |= _summary(domain_runs)
+            rows.append(key | {"method": method, "test_domain": "average"})
+            rows[-1] |= _summary(runs_of_method)
+        rows += _combined_rows(key, names, combined)
+    return pd.DataFrame(rows)
+
+
+def _combined_rows(
+    key: dict[str, Any], names: dict[int, str], combined: pd.DataFrame | None
+) -> list[dict[str, Any]]:
+    """The 1× combinations of one group: the records of ``combined`` that name every grouping
+    field (the dataset may be left out: a runs folder of the embedded benchmark holds one)."""
+    fields = [k for k in key if combined is not None and (k in combined.columns or k != "dataset")]
+    if combined is None or any(k not in combined.columns for k in fields):
+        return []
+    mine = combined[combined.test_env.isin(names)]
+    for k in fields:
+        stored = mine[k].map(_file_name) if k == "weights" else mine[k]
+        mine = mine[stored == key[k]]
+    rows = []
+    for method, m in mine.groupby("method", sort=True):
+        for _, r in m.sort_values("test_env").iterrows():
+            rows.append(key | {"method": method, "test_domain": names[r.test_env]})
+            rows[-1] |= {"runs": r.n_models, "iid": r.iid_acc, "ood": r.ood_acc}
+        average = {"method": method, "test_domain": "average", "runs": m.n_models.sum()}
+        rows.append(key | average | {"iid": m.iid_acc.mean(), "ood": m.ood_acc.mean()})
+    return rows
+
+
+def collect_figures(root: str | Path, out: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """A table for every grid with finished runs in ``root``, written to ``out`` as
+    ``<grid>.csv`` and ``<grid>.md`` when given."""
+    runs = load_all(root)
+    path = Path(root) / COMBINED
+    combined = pd.DataFrame(read_records(path)) if path.exists() else None
+    tables = {}
+    for name, grid in GRIDS.items():
+        table = figure_table(runs, grid, combined)
+        if len(table):
+            tables[name] = table
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            table.to_csv(out / f"{name}.csv", index=False)
+            text = f"# {GRIDS[name].figure}\n\n" + to_markdown(table) + "\n"
+            (out / f"{name}.md").write_text(text)
+    return tables
+
+
+ACCURACY_COLUMNS = ("iid", "ood", "ood_ci95", "ood_min", "ood_max")
+COUNT_COLUMNS = ("runs", "seeds", "combos")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table with accuracies to three decimals and blanks for what does not apply."""
+    shown = table.astype(object)
+    for column in table.columns:
+        if column in ACCURACY_COLUMNS:
+            shown[column] = [f"{v:.3f}" if pd.notna(v) else "" for v in table[column]]
+        elif column in COUNT_COLUMNS:
+            shown[column] = [f"{v:.0f}" if pd.notna(v) else "" for v in table[column]]
+    return shown.to_markdown(index=False, disable_numparse=True)
