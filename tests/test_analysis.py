@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from vldlib.analysis import starvation
-from vldlib.analysis.decomposition import block_contributions, check_sum, norm_shares
+from vldlib.analysis.decomposition import (
+    block_contributions,
+    check_sum,
+    norm_shares,
+    shares_before_after,
+    shares_frame,
+)
 from vldlib.backbones import VLDNet, create_model
+from vldlib.config import make_config
+from vldlib.errors import ConfigError
+from vldlib.train import train
 
 
 @pytest.mark.parametrize("backbone", ["vldnet", "torchvision/resnet18", "timm/resnet18"])
@@ -124,3 +133,29 @@ def test_dropout_sweep_columns() -> None:
         "strong_weight_share",
     ]
     assert table.strong_weight_share.iloc[1] < table.strong_weight_share.iloc[0]
+
+
+def test_shares_frame_rows_sum_to_one_per_model() -> None:
+    torch.manual_seed(0)
+    models = {"a": VLDNet(in_chans=1), "b": VLDNet(in_chans=1)}
+    frame = shares_frame(models, torch.randn(3, 1, 28, 28))
+    assert list(frame.columns) == ["model", "part", "share"] and len(frame) == 8
+    assert frame.groupby("model").share.sum().to_numpy() == pytest.approx([1.0, 1.0], abs=1e-9)
+
+
+def test_shares_before_after_fine_tuning(tmp_path) -> None:
+    for p in (0.0, 0.9):
+        train(make_config("smoke", test_env=0, dropout=p), tmp_path / f"p{p}", progress=False)
+    runs = [tmp_path / "p0.0", tmp_path / "p0.9"]
+    frame = shares_before_after(runs, n_images=16)
+    assert len(frame) == 2 * 2 * 4 and set(frame.images) == {"silhouette"}
+    total = frame.groupby(["run", "model"]).share.sum()
+    assert total.to_numpy() == pytest.approx([1.0] * 4, abs=1e-9)
+    pre = frame[frame.model == "pretrained"].pivot(index="part", columns="run", values="share")
+    assert pre["p0.0"].equals(pre["p0.9"])  # same backbone, same images
+    ft = frame[frame.model == "finetuned"].set_index(["run", "part"]).share
+    assert not ft.loc["p0.0"].equals(pre["p0.0"])  # six SGD steps move the shares
+    other = shares_before_after(runs[:1], n_images=4, domain="photo")
+    assert set(other.images) == {"photo"}
+    with pytest.raises(ConfigError, match="n_images"):
+        shares_before_after(runs, n_images=0)

@@ -4,13 +4,23 @@ A residual stage maps its input s_0 through blocks s_{k+1} = s_k + f_k(s_k), so 
 representation telescopes: Φ = pool(s_0) + Σ_k [pool(s_{k+1}) − pool(s_k)]. Dropping a
 unit of Φ therefore removes that unit from every block's contribution at once, which is the
 paper's argument for putting the dropout on Φ rather than after each block.
+
+``shares_before_after`` compares each block's share of Φ in a pre-trained backbone and in the
+models fine-tuned from it, with and without very large dropout.
 """
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
 import torch
 from torch import nn
 
+from vldlib.analysis.models import load_finetuned, pretrained_model
 from vldlib.backbones import VLDNet, last_stage_blocks
+from vldlib.data import domain_index
 from vldlib.errors import ConfigError
+from vldlib.runs import RunDir
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
@@ -109,3 +119,54 @@ def norm_shares(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return {
         n: ((p * phi).sum(dim=1) / sq_norm).mean().item() for n, p in zip(names, parts, strict=True)
     }
+
+
+def shares_frame(models: Mapping[str, nn.Module], x: torch.Tensor) -> pd.DataFrame:
+    """``norm_shares`` of each model on the batch ``x``: one row per (model, part, share)."""
+    return pd.DataFrame(
+        [
+            {"model": name, "part": part, "share": share}
+            for name, model in models.items()
+            for part, share in norm_shares(model, x).items()
+        ]
+    )
+
+
+def shares_before_after(
+    run_dirs: Sequence[str | Path], n_images: int = 256, domain: str | None = None
+) -> pd.DataFrame:
+    """Each part's share of Φ before (``pretrained``) and after (``finetuned``) fine-tuning.
+
+    The fine-tuned model is a run folder's ``checkpoint.pt`` (its last step), the pre-trained one
+    the backbone its config starts from; both are measured on the same images: the first
+    ``n_images`` of the run's held-out domain split, or of the validation split of ``domain``.
+
+    Returns:
+        One row per (run, model, part): run, weights, dropout, seed, test_domain, images (the
+        domain measured on), model, part, share.
+    """
+    from vldlib.train import build_splits
+
+    if n_images < 1:
+        raise ConfigError(f"n_images must be >= 1, got {n_images}")
+    frames, datasets = [], {}
+    for run_dir in run_dirs:
+        stored = RunDir(run_dir).stored_config()  # to share one loaded dataset between runs
+        key = (stored.dataset, stored.data_dir) if stored is not None else None
+        ft, config, data = load_finetuned(run_dir, datasets.get(key))
+        datasets[key] = data
+        pre = pretrained_model(config, data)
+        name = data.domains[domain_index(data, domain if domain is not None else config.test_env)]
+        split = next(e for e in build_splits(config, data)[1] if e.name == name)
+        x = torch.cat(list(split.batches(config.eval_batch_size)))[:n_images]
+        frame = shares_frame({"pretrained": pre, "finetuned": ft}, x)
+        info = {
+            "run": Path(run_dir).name,
+            "weights": config.weights,
+            "dropout": config.dropout,
+            "seed": config.seed,
+            "test_domain": data.domains[config.test_env],
+            "images": name,
+        }
+        frames.append(frame.assign(**info)[[*info, "model", "part", "share"]])
+    return pd.concat(frames, ignore_index=True)
