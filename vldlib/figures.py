@@ -1,0 +1,736 @@
+"""Figures and tables of the book: each notebook makes one call per figure or table.
+
+Runs are read from their result files only (``vldlib.collect``). A notebook trains the missing runs
+of its grid only when asked (``train_missing``), so the book also builds from committed results
+alone, and then says which runs are missing. The paper's numbers shown beside ours are plot
+readings of arXiv v1 (``PAPER_FIG2_1X``, ``PAPER_FIG3``); the paper has no numeric table.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
+
+from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table
+from vldlib.config import load_config, make_config
+from vldlib.runs import CONFIG, RunDir, read_records
+
+PAPER_SOURCE = "paper v1, plot reading ±0.002"
+PAPER_DATASETS = ("VLCS", "OfficeHome", "PACS", "TerraInc")
+# Plot readings of the paper's Fig. 3 (v1): mean i.i.d. and o.o.d. accuracy per dropout rate.
+_FIG3_RATES = (0.0, 0.5, 0.9, 0.95)
+_FIG3_READINGS = """
+VLCS        .874 .787  .876 .796  .874 .800  .873 .799
+OfficeHome  .849 .708  .859 .729  .859 .734  .851 .729
+PACS        .975 .865  .977 .875  .978 .884  .979 .885
+TerraInc    .913 .513  .901 .531  .879 .536  .866 .523
+"""
+
+
+def _parse_fig3(text: str) -> dict[str, dict[float, tuple[float, float]]]:
+    """``dataset iid ood iid ood ...`` lines, one (i.i.d., o.o.d.) pair per rate."""
+    table = {}
+    for line in text.strip().splitlines():
+        name, *values = line.split()
+        pairs = zip(values[::2], values[1::2], strict=True)
+        table[name] = {
+            p: (float(i), float(o)) for p, (i, o) in zip(_FIG3_RATES, pairs, strict=True)
+        }
+    return table
+
+
+PAPER_FIG3 = _parse_fig3(_FIG3_READINGS)
+# Plot readings of the paper's Fig. 2 (v1): the single 1× markers (i.i.d., o.o.d.) of plain
+# fine-tuning's 18 final models, weight-averaged (★) and ensembled (▲).
+PAPER_FIG2_1X: dict[str, dict[str, tuple[float, float]]] = {
+    "VLCS": {"soup_1x": (0.873, 0.789), "ens_1x": (0.881, 0.791)},
+    "OfficeHome": {"soup_1x": (0.847, 0.713), "ens_1x": (0.860, 0.713)},
+    "PACS": {"soup_1x": (0.971, 0.870), "ens_1x": (0.979, 0.871)},
+    "TerraInc": {"soup_1x": (0.897, 0.520), "ens_1x": (0.933, 0.525)},
+}
+
+# Our methods and the paper's markers (Fig. 2 legend); "1296×" are the trajectory baselines.
+METHOD_LABELS = {
+    "model": "fine-tuned model (●/◆)",
+    "traj_avg": "weight average along the run (★ 1296×)",
+    "traj_ens": "ensemble along the run (▲ 1296×)",
+    "soup_1x": "uniform soup of the seeds (★ 1×)",
+    "greedy_1x": "greedy soup of the seeds",
+    "ens_1x": "ensemble of the seeds (▲ 1×)",
+}
+PER_RUN_METHODS = ("model", "traj_avg", "traj_ens")
+COMBINED_METHODS = ("soup_1x", "greedy_1x", "ens_1x")
+
+
+@dataclass
+class Benchmark:
+    """The runs of a grid (held-out domain × λ × seed) of one profile, as far as they exist.
+
+    ``status`` has one row per expected run (``finished``, ``in progress`` when its folder holds no
+    ``done`` marker yet, ``not run``); ``runs`` holds ``collect.load_runs`` rows of the finished
+    ones only; ``combined`` the 1× combinations of the (domain, λ) groups whose seeds all finished.
+    """
+
+    profile: str
+    runs_dir: Path
+    domains: tuple[str, ...]
+    seeds: tuple[int, ...]
+    dropouts: tuple[float, ...]
+    status: pd.DataFrame
+    runs: pd.DataFrame
+    combined: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        counts = self.status.status.value_counts()
+        n = len(self.status)
+        text = f"{self.profile} profile, {self.runs_dir}: {counts.get('finished', 0)} of {n} runs "
+        text += "finished"
+        others = [f"{counts[s]} {s}" for s in ("in progress", "not run") if s in counts]
+        return text + (f" ({', '.join(others)})" if others else "") + "."
+
+    @property
+    def held_out(self) -> list[str]:
+        """The held-out domains of the grid (all of the dataset's unless ``test_envs`` chose)."""
+        return list(dict.fromkeys(self.status.test_domain))
+
+    def curves(self) -> pd.DataFrame:
+        """Every evaluation record of the finished runs' models (train loss, accuracies)."""
+        rows = []
+        for r in self.status[self.status.status == "finished"].itertuples():
+            for rec in RunDir(self.runs_dir / r.run).records():
+                if not rec.get("final") and rec["method"] == "model":
+                    keys = ("step", "train_loss", "iid_acc", "ood_acc")
+                    rows.append(
+                        {"dropout": r.dropout, "seed": r.seed, "test_domain": r.test_domain}
+                        | {k: rec[k] for k in keys}
+                    )
+        return pd.DataFrame(rows, columns=["dropout", "seed", "test_domain", *keys])
+
+
+def _overrides(**kwargs: Any) -> dict[str, Any]:
+    """Config overrides from notebook parameters; ``None`` keeps the profile's value."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def rates_in(runs_dir: str | Path, profile: str, **overrides: Any) -> list[float]:
+    """Dropout rates of the finished runs under ``runs_dir`` whose config is the profile's (with
+    ``overrides``) up to held-out domain, dropout and seed: the rates a sweep has added."""
+    rates = set()
+    for path in Path(runs_dir).glob(f"*/{CONFIG}"):
+        run = RunDir(path.parent)
+        if not run.is_done():
+            continue
+        c = load_config(json.loads(path.read_text())["config"])
+        same = make_config(
+            profile, test_env=c.test_env, dropout=c.dropout, seed=c.seed, **overrides
+        )
+        if same.hash() == c.hash():
+            rates.add(c.dropout)
+    return sorted(rates)
+
+
+def load_benchmark(
+    profile: str,
+    runs_dir: str | Path,
+    seeds: Sequence[int],
+    dropouts: Sequence[float] = (0.0, 0.9),
+    test_envs: Sequence[int] | None = None,
+    train_missing: bool = False,
+    all_rates: bool = False,
+    **overrides: Any,
+) -> Benchmark:
+    """The benchmark grid of ``profile``: its finished runs under ``runs_dir``, after training
+    the missing ones if ``train_missing`` (a finished run, found by its config hash, is reused).
+
+    Args:
+        profile: ``smoke``, ``cpu`` or ``paper``.
+        runs_dir: the folder of run folders.
+        seeds, dropouts, test_envs: the grid; ``test_envs=None`` holds out every domain in turn.
+        train_missing: train what is not finished (and the 1× combinations of complete groups);
+            otherwise only read.
+        all_rates: also include every other dropout rate that finished runs under ``runs_dir``
+            have with this profile's config (Fig. 3).
+        **overrides: config fields (``dataset``, ``data_dir``, ``weights``, ...); ``None``
+            values are ignored.
+    """
+    from vldlib.data import get_dataset
+    from vldlib.sweeps import combine_grid, grid, run_dir, run_local
+
+    overrides = _overrides(**overrides)
+    runs_dir = Path(runs_dir)
+    base = make_config(profile, **overrides)
+    data = get_dataset(base.dataset, base.data_dir)
+    envs = list(range(len(data.domains)) if test_envs is None else test_envs)
+    rates = {float(p) for p in dropouts}
+    rates = sorted(rates | set(rates_in(runs_dir, profile, **overrides)) if all_rates else rates)
+    configs = grid(profile, list(seeds), rates, envs, **overrides)
+    if train_missing:
+        run_local(configs, runs_dir, progress=False)
+
+    rows = []
+    for c in configs:
+        folder = run_dir(runs_dir, c, data)
+        state = "in progress" if folder.exists() else "not run"
+        rows.append(
+            {
+                "test_env": c.test_env,
+                "test_domain": data.domains[c.test_env],
+                "dropout": c.dropout,
+                "seed": c.seed,
+                "run": folder.name,
+                "status": "finished" if RunDir(folder).is_done() else state,
+            }
+        )
+    status = pd.DataFrame(rows)
+    finished = set(status[status.status == "finished"].run)
+    runs = load_runs(runs_dir) if finished else pd.DataFrame()
+    if len(runs):
+        runs = runs[runs.run.isin(finished)].reset_index(drop=True)
+
+    # 1× combinations: only groups whose seeds all finished; computed only when training is allowed
+    # and the checkpoints are here (they are not committed).
+    notes = []
+    done = status.groupby(["test_env", "dropout"]).status.apply(lambda s: (s == "finished").all())
+    complete = [c for c in configs if done[(c.test_env, c.dropout)]]
+    have_checkpoints = all(
+        RunDir(run_dir(runs_dir, c, data)).checkpoint_path.exists() for c in complete
+    )
+    if complete and train_missing and have_checkpoints:
+        combined = combine_grid(complete, runs_dir)
+    else:
+        combined = pd.DataFrame(read_records(runs_dir / "combined.jsonl"))
+    if len(combined):
+        keep = {(c.test_env, c.dropout) for c in complete}
+        pairs = zip(combined.test_env, combined.dropout, strict=True)
+        combined = combined[[p in keep for p in pairs]].reset_index(drop=True)
+    missing_groups = len(done) - int(done.sum())
+    if missing_groups:
+        notes.append(
+            f"1× combinations wait for {missing_groups} of {len(done)} (domain, λ) groups whose "
+            "runs are not all finished."
+        )
+    return Benchmark(
+        profile,
+        runs_dir,
+        tuple(data.domains),
+        tuple(seeds),
+        tuple(rates),
+        status,
+        runs,
+        combined,
+        notes,
+    )
+
+
+def status_table(bench: Benchmark) -> pd.DataFrame:
+    """Finished runs per held-out domain and λ, as ``finished/expected``."""
+    counts = bench.status.assign(finished=bench.status.status == "finished")
+    table = counts.pivot_table(
+        index="test_domain", columns="dropout", values="finished", aggfunc=["sum", "count"]
+    )
+    out = pd.DataFrame(index=bench.held_out)
+    for p in bench.dropouts:
+        out[f"λ={p:g}"] = [
+            f"{int(table[('sum', p)][d])}/{int(table[('count', p)][d])}" for d in out.index
+        ]
+    out.index.name = "held-out domain"
+    return out
+
+
+def seed_means(
+    runs: pd.DataFrame,
+    n_domains: int,
+    dropout: float,
+    method: str = "model",
+    column: str = "ood_acc",
+    domain: str | None = None,
+) -> pd.Series:
+    """One value per seed, the unit that pairs across methods (same seed, same data splits): the
+    run's accuracy on held-out ``domain``, or with ``domain=None`` the average over the held-out
+    domains, for the seeds that finished all ``n_domains`` of them."""
+    if not len(runs):
+        return pd.Series(dtype=float)
+    sub = runs[(runs.dropout == dropout) & (runs.method == method)]
+    if domain is not None:
+        return sub[sub.test_domain == domain].set_index("seed")[column]
+    counts = sub.groupby("seed").test_domain.nunique()
+    seeds = counts[counts == n_domains].index
+    return sub[sub.seed.isin(seeds)].groupby("seed")[column].mean()
+
+
+def by_seed(bench: Benchmark, dropout: float, *args: Any, **kwargs: Any) -> pd.Series:
+    """``seed_means`` (method, column, domain) of the benchmark's finished runs, averaging over
+    the grid's held-out domains."""
+    return seed_means(bench.runs, len(bench.held_out), dropout, *args, **kwargs)
+
+
+def per_domain(
+    bench: Benchmark, dropout: float, method: str = "model", column: str = "ood_acc"
+) -> pd.Series:
+    """Mean over seeds per held-out domain (a 1× combination has one value per domain)."""
+    frame = bench.combined if method in COMBINED_METHODS else bench.runs
+    if not len(frame):
+        return pd.Series(dtype=float)
+    sub = frame[(frame.dropout == dropout) & (frame.method == method)]
+    names = dict(enumerate(bench.domains))
+    key = sub.test_env.map(names)
+    return sub.groupby(key)[column].mean()
+
+
+def ci_text(x: Sequence[float], signed: bool = False) -> str:
+    """``mean [lo, hi]`` with a 95% Student-t interval; one value has no interval."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return "pending"
+    mean, half = mean_ci(x)
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if np.isnan(half):
+        return f.format(mean)
+    return f"{f.format(mean)} [{f.format(mean - half)}, {f.format(mean + half)}]"
+
+
+def setup_notebook() -> None:
+    """Show whole table cells (long method names) and a plain seaborn style."""
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.precision", 3)
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+
+
+def _empty(ax: plt.Axes, bench: Benchmark) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        "no finished runs yet\n" + bench.summary(),
+        ha="center",
+        va="center",
+        wrap=True,
+        transform=ax.transAxes,
+        fontsize=9,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training
+
+
+def pretraining_cards() -> pd.DataFrame:
+    """The shipped pre-trained backbones, from their cards in ``vldlib/weights``."""
+    rows = []
+    for path in sorted((Path(__file__).parent / "weights").glob("vldnet_*.json")):
+        card = json.loads(path.read_text())
+        recipe = ", ".join(f"{k} {v:.3g}" for k, v in card["recipe"].items() if v)
+        rows.append(
+            {
+                "backbone": f"vldnet ({card['kind']})",
+                "classes": card["n_classes"],
+                "training images": card["n_train_images"],
+                "images seen": card["samples_seen"],
+                "augmentation / smoothing": recipe,
+                "test accuracy": round(card["test_accuracy"], 3),
+                "minutes (2 cores)": round(card["seconds"] / 60),
+                "sha256": card["sha256"][:12],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def preview(dataset: str = "AnimalStyles", per_class: int = 1) -> Image.Image:
+    """A grid of the fine-tuning data: one row per domain, ``per_class`` images per class."""
+    from vldlib.data import get_dataset
+    from vldlib.data.embedded import preview_grid
+
+    return preview_grid(get_dataset(dataset), per_class=per_class, tile=56)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fig. 2: i.i.d. vs o.o.d. of every run, and ERM vs VLD
+
+
+def plot_iid_ood(bench: Benchmark, baseline: float = 0.0, method: float = 0.9) -> plt.Figure:
+    """Fig. 2: every run as a point (i.i.d. validation, held-out accuracy), one panel per held-out
+    domain plus the per-seed average; plain fine-tuning (λ = baseline, ●), VLD (λ = method, ◆),
+    the baseline's trajectory averages/ensembles (★/▲ 1296×) and 1× soup/ensemble (★/▲ 1×)."""
+    names = [*bench.held_out, "average"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.4), sharey=False)
+    if not len(bench.runs):
+        for ax in axes:
+            ax.set(xlabel="i.i.d. accuracy", ylabel="o.o.d. accuracy")
+        _empty(axes[0], bench)
+        return fig
+    styles = {
+        ("model", baseline): ("o", "tab:blue", f"λ={baseline:g} ●"),
+        ("model", method): ("D", "tab:red", f"λ={method:g} (VLD) ◆"),
+        ("traj_avg", baseline): ("*", "tab:green", f"λ={baseline:g} weight avg ★ 1296×"),
+        ("traj_ens", baseline): ("^", "tab:orange", f"λ={baseline:g} ensemble ▲ 1296×"),
+        ("soup_1x", baseline): ("*", "black", f"λ={baseline:g} soup ★ 1×"),
+        ("ens_1x", baseline): ("^", "black", f"λ={baseline:g} ensemble ▲ 1×"),
+    }
+    runs, combined = bench.runs, bench.combined
+    for ax, name in zip(axes, names, strict=True):
+        for (m, p), (marker, color, label) in styles.items():
+            frame = combined if m in COMBINED_METHODS else runs
+            if not len(frame):
+                continue
+            sub = frame[(frame.method == m) & (frame.dropout == p)]
+            if name == "average":
+                if m in COMBINED_METHODS:
+                    complete = sub.test_env.nunique() == len(bench.held_out)
+                    x = [sub.iid_acc.mean()] if complete else []
+                    y = [sub.ood_acc.mean()] if complete else []
+                else:
+                    x, y = by_seed(bench, p, m, "iid_acc"), by_seed(bench, p, m)
+            else:
+                env = bench.domains.index(name)
+                x, y = sub[sub.test_env == env].iid_acc, sub[sub.test_env == env].ood_acc
+            big = m in COMBINED_METHODS
+            ax.scatter(
+                x,
+                y,
+                marker=marker,
+                color=color,
+                s=(160 if big else 40) * (2 if marker == "*" else 1),
+                label=label,
+                alpha=0.9,
+                edgecolor="white" if not big else "none",
+            )
+        title = "average over domains (per seed)" if name == "average" else f"held out: {name}"
+        ax.set(title=title, xlabel="i.i.d. accuracy (training-domain val.)")
+    axes[0].set_ylabel("o.o.d. accuracy (held-out domain)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.12),
+    )
+    fig.tight_layout()
+    return fig
+
+
+def vld_gain_table(bench: Benchmark, baseline: float = 0.0, method: float = 0.9) -> pd.DataFrame:
+    """O.o.d. accuracy of λ = baseline and λ = method, per held-out domain (mean over seeds with
+    both) and averaged over domains (per seed), with the paired difference and its 95% CI; then
+    the paper's four datasets (Fig. 3 plot readings) below."""
+    rows = []
+    for name in [*bench.held_out, "average"]:
+        domain = None if name == "average" else name
+        a, b = (by_seed(bench, p, domain=domain) for p in (baseline, method))
+        ia, ib = (by_seed(bench, p, column="iid_acc", domain=domain) for p in (baseline, method))
+        seeds = a.index.intersection(b.index)
+        rows.append(
+            {
+                "source": "ours",
+                "held-out domain / dataset": name,
+                "seeds": len(seeds),
+                f"ood λ={baseline:g}": ci_text(a[seeds]),
+                f"ood λ={method:g}": ci_text(b[seeds]),
+                "ood difference [95% CI]": ci_text(b[seeds] - a[seeds], signed=True),
+                f"iid λ={baseline:g}": ci_text(ia[seeds]),
+                f"iid λ={method:g}": ci_text(ib[seeds]),
+            }
+        )
+    for name, fig3 in PAPER_FIG3.items():
+        if baseline in fig3 and method in fig3:
+            (ia0, oa0), (ib0, ob0) = fig3[baseline], fig3[method]
+            rows.append(
+                {
+                    "source": PAPER_SOURCE,
+                    "held-out domain / dataset": f"{name} (4 domains, Fig. 3)",
+                    "seeds": "3 × 6 configs",
+                    f"ood λ={baseline:g}": f"{oa0:.3f}",
+                    f"ood λ={method:g}": f"{ob0:.3f}",
+                    "ood difference [95% CI]": f"{ob0 - oa0:+.3f}",
+                    f"iid λ={baseline:g}": f"{ia0:.3f}",
+                    f"iid λ={method:g}": f"{ib0:.3f}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fig. 3: dropout rates
+
+
+def plot_dropout_rates(bench: Benchmark) -> plt.Figure:
+    """Fig. 3: o.o.d. accuracy against λ. Left: ours, each held-out domain (mean over seeds) and
+    the per-seed average with its 95% CI. Right: the paper's four datasets (plot readings)."""
+    fig, (ours, paper) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if len(bench.runs):
+        models = bench.runs[bench.runs.method == "model"]
+        means = models.groupby(["test_domain", "dropout"]).ood_acc.mean().reset_index()
+        sns.lineplot(
+            means,
+            x="dropout",
+            y="ood_acc",
+            hue="test_domain",
+            marker="o",
+            hue_order=bench.held_out,
+            ax=ours,
+            alpha=0.6,
+        )
+        avg = [(p, *mean_ci(by_seed(bench, p))) for p in bench.dropouts if len(by_seed(bench, p))]
+        if avg:
+            x, y, half = zip(*avg, strict=True)
+            ours.errorbar(
+                x,
+                y,
+                yerr=np.nan_to_num(half),
+                color="black",
+                marker="D",
+                capsize=4,
+                label="average (95% CI)",
+            )
+        ours.legend(fontsize=8, title="held-out domain", title_fontsize=8)
+    else:
+        _empty(ours, bench)
+    ours.set(
+        title=f"ours ({bench.profile} profile)",
+        xlabel="dropout rate λ on Φ(x)",
+        ylabel="o.o.d. accuracy (held-out domain)",
+    )
+    for name, fig3 in PAPER_FIG3.items():
+        rates = sorted(fig3)
+        paper.plot(rates, [fig3[p][1] for p in rates], marker="D", label=name)
+    paper.set(
+        title=f"paper Fig. 3 ({PAPER_SOURCE})",
+        xlabel="dropout rate λ on Φ(x)",
+        ylabel="o.o.d. accuracy (4-domain mean)",
+    )
+    paper.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def dropout_rates_table(bench: Benchmark) -> pd.DataFrame:
+    """Per λ: our o.o.d. and i.i.d. accuracy (domain average per seed, 95% CI) beside the paper's
+    four datasets' o.o.d. readings and their mean."""
+    rates = sorted(set(bench.dropouts) | {p for fig3 in PAPER_FIG3.values() for p in fig3})
+    rows = []
+    for p in rates:
+        ours = p in bench.dropouts
+        row = {
+            "λ": p,
+            "ours: ood": ci_text(by_seed(bench, p)) if ours else "not run",
+            "ours: iid": ci_text(by_seed(bench, p, column="iid_acc")) if ours else "not run",
+            "ours: seeds": len(by_seed(bench, p)),
+        }
+        readings = [fig3[p][1] for fig3 in PAPER_FIG3.values() if p in fig3]
+        for name, fig3 in PAPER_FIG3.items():
+            row[f"paper {name}: ood"] = f"{fig3[p][1]:.3f}" if p in fig3 else "—"
+        row["paper mean ood"] = f"{np.mean(readings):.3f}" if readings else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fig. 7: ensembles and weight averaging on top of VLD
+
+
+def methods_summary(bench: Benchmark) -> pd.DataFrame:
+    """``collect.methods_table`` of the finished runs and complete 1× combinations, methods named
+    with the paper's markers."""
+    if not len(bench.runs):
+        return pd.DataFrame({"status": [bench.summary()]})
+    table = methods_table(bench.runs, bench.combined)
+    return table.assign(method=table.method.map(METHOD_LABELS))
+
+
+def plot_methods(bench: Benchmark) -> plt.Figure:
+    """Fig. 7 analogue: domain-averaged o.o.d. accuracy of every method at each λ; per-run methods
+    show the mean over seeds with a 95% CI, the 1× combinations their single value."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    rows = []
+    for p in bench.dropouts:
+        for m in (*PER_RUN_METHODS, *COMBINED_METHODS):
+            if m in PER_RUN_METHODS:
+                values = by_seed(bench, p, m)
+                if len(values):
+                    rows.append((METHOD_LABELS[m], f"λ={p:g}", *mean_ci(values)))
+            else:
+                values = per_domain(bench, p, m)
+                if len(values) == len(bench.held_out):
+                    rows.append((METHOD_LABELS[m], f"λ={p:g}", values.mean(), np.nan))
+    if not rows:
+        _empty(ax, bench)
+        ax.set(xlabel="o.o.d. accuracy (average over held-out domains)", ylabel="method")
+        return fig
+    frame = pd.DataFrame(rows, columns=["method", "λ", "ood", "half"])
+    offsets = dict(
+        zip(frame["λ"].unique(), np.linspace(-0.15, 0.15, frame["λ"].nunique()), strict=True)
+    )
+    order = list(dict.fromkeys(frame.method))
+    for lam, sub in frame.groupby("λ", sort=False):
+        y = [order.index(m) + offsets[lam] for m in sub.method]
+        ax.errorbar(sub.ood, y, xerr=np.nan_to_num(sub.half), fmt="o", capsize=3, label=lam)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set(xlabel="o.o.d. accuracy (average over held-out domains)", ylabel="method")
+    ax.legend(title="dropout on Φ", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def paper_markers_table() -> pd.DataFrame:
+    """The paper's Fig. 2 readings per dataset: plain fine-tuning ●, VLD ◆ and the 1× weight
+    average ★ and ensemble ▲ of plain fine-tuning (o.o.d.; i.i.d. in brackets)."""
+    rows = []
+    for name in PAPER_DATASETS:
+        (i0, o0), (i9, o9) = PAPER_FIG3[name][0.0], PAPER_FIG3[name][0.9]
+        soup, ens = PAPER_FIG2_1X[name]["soup_1x"], PAPER_FIG2_1X[name]["ens_1x"]
+        rows.append(
+            {
+                "dataset": name,
+                "● λ=0": f"{o0:.3f} ({i0:.3f})",
+                "◆ λ=0.9": f"{o9:.3f} ({i9:.3f})",
+                "★ 1× soup, λ=0": f"{soup[1]:.3f} ({soup[0]:.3f})",
+                "▲ 1× ensemble, λ=0": f"{ens[1]:.3f} ({ens[0]:.3f})",
+                "source": PAPER_SOURCE,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves
+
+
+def plot_training_curves(bench: Benchmark) -> plt.Figure:
+    """Training loss and i.i.d. validation accuracy against the step, per λ (mean over runs with
+    a 95% CI band): has the λ = 0.9 loss levelled off?"""
+    curves = bench.curves()
+    fig, (loss, iid) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if len(curves):
+        curves = curves.assign(λ=curves.dropout.map("{:g}".format))
+        sns.lineplot(curves, x="step", y="train_loss", hue="λ", errorbar=("ci", 95), ax=loss)
+        sns.lineplot(curves, x="step", y="iid_acc", hue="λ", errorbar=("ci", 95), ax=iid)
+    else:
+        _empty(loss, bench)
+    loss.set(xlabel="training step", ylabel="training loss (batch mean)", title="training loss")
+    iid.set(
+        xlabel="training step",
+        ylabel="i.i.d. accuracy (training-domain val.)",
+        title="i.i.d. validation accuracy",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def loss_quarters(bench: Benchmark) -> pd.DataFrame:
+    """``collect.loss_plateau`` of the finished runs: mean training loss per λ at each quarter of
+    the schedule."""
+    curves = bench.curves()
+    return loss_plateau(curves) if len(curves) else pd.DataFrame({"status": [bench.summary()]})
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual-sum decomposition of Φ
+
+
+def decomposition_table(
+    profile: str,
+    n_images: int,
+    weights: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+) -> pd.DataFrame:
+    """Per pre-trained backbone and domain: the largest error of entry + Σ block contributions
+    against Φ on ``n_images`` images, and each part's share of Φ (``norm_shares``).
+
+    ``weights``: a weights file for the profile's backbone; None compares the two shipped
+    pre-trained vldnets (``rich`` and ``plain``).
+    """
+    import torch
+
+    from vldlib.analysis.decomposition import check_sum, norm_shares
+    from vldlib.backbones import create_model, load_weights
+    from vldlib.data import get_dataset
+    from vldlib.data.transforms import eval_transform
+
+    config = make_config(profile, **_overrides(dataset=dataset, data_dir=data_dir))
+    data = get_dataset(config.dataset, config.data_dir)
+    size = config.image_size or data.image_size
+    transform = eval_transform(size, data.channels)
+    rows = []
+    for w in ("rich", "plain") if weights is None else (weights,):
+        model = create_model(config.backbone, len(data.classes), 0.0, data.channels)
+        load_weights(model, w).eval()
+        for domain, env in zip(data.domains, data.envs, strict=True):
+            x = torch.stack([transform(env[i][0]) for i in range(min(n_images, len(env)))])
+            rows.append(
+                {"weights": Path(w).name, "domain": domain, "images": len(x)}
+                | {"max |error|": check_sum(model, x)}
+                | norm_shares(model, x)
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_decomposition(table: pd.DataFrame) -> plt.Figure:
+    """Each part's share ⟨part, Φ⟩/‖Φ‖² of the representation, per backbone (mean over domains,
+    the bar's line spans the domains)."""
+    parts = [c for c in table.columns if c == "entry" or c.startswith("block")]
+    long = table.melt(
+        id_vars=["weights", "domain"], value_vars=parts, var_name="part", value_name="share"
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.barplot(long, x="part", y="share", hue="weights", errorbar=("pi", 100), ax=ax)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(
+        xlabel="part of Φ(x): stage entry and residual blocks",
+        ylabel="share of Φ  ⟨part, Φ⟩ / ‖Φ‖²",
+    )
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient starvation (illustrative, our construction)
+
+
+def starvation_table(seeds: Sequence[int], rates: Sequence[float]) -> pd.DataFrame:
+    """``starvation.dropout_sweep`` for each seed: one row per (seed, input-dropout rate)."""
+    from vldlib.analysis.starvation import dropout_sweep
+
+    return pd.concat(
+        [dropout_sweep(tuple(rates), seed=s).assign(seed=s) for s in seeds], ignore_index=True
+    )
+
+
+def starvation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean [95% CI] over seeds of every score, per input-dropout rate."""
+    scores = ["iid_acc", "ood_remove_acc", "ood_flip_acc", "strong_weight_share"]
+    return table.groupby("rate")[scores].agg(ci_text).reset_index()
+
+
+def plot_starvation(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy under each test-time shift, and the strong feature's weight share, against the
+    input-dropout rate (mean over seeds, 95% CI)."""
+    scores = {
+        "iid_acc": "i.i.d.",
+        "ood_remove_acc": "strong feature removed",
+        "ood_flip_acc": "strong feature flipped",
+    }
+    long = table.melt(
+        id_vars=["rate", "seed"], value_vars=list(scores), var_name="test", value_name="accuracy"
+    ).replace({"test": scores})
+    fig, (acc, share) = plt.subplots(1, 2, figsize=(10, 3.6))
+    sns.lineplot(long, x="rate", y="accuracy", hue="test", marker="o", ax=acc)
+    sns.lineplot(table, x="rate", y="strong_weight_share", marker="o", ax=share)
+    acc.set(xlabel="input dropout rate", ylabel="test accuracy")
+    share.set(
+        xlabel="input dropout rate",
+        ylabel="|w_strong| / Σ|w_j|",
+        title="weight on the strong feature",
+    )
+    fig.tight_layout()
+    return fig
