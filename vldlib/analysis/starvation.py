@@ -114,20 +114,23 @@ def dropout_sweep(
     seed: int = 0,
     n_train: int = 500,
     n_test: int = 5000,
+    l2s: tuple[float, ...] = (),
 ) -> pd.DataFrame:
-    """Fit one model per input-dropout rate on a training split; score it on a test split.
+    """Fit one model per input-dropout rate, and one per L2 strength without dropout, on a
+    training split; score each on a test split.
 
-    Columns: rate, iid_acc (test split), ood_remove_acc and ood_flip_acc (test split after
+    Columns: rate, l2, iid_acc (test split), ood_remove_acc and ood_flip_acc (test split after
     ``shift``), strong_weight_share.
     """
     X, y = make_data(n_train, seed=seed)
     Xt, yt = make_data(n_test, seed=seed + 1)  # a fresh draw: the test split
     rows = []
-    for rate in rates:
-        w, b, _ = fit(X, y, dropout=rate, seed=seed)
+    for rate, l2 in [(r, 0.0) for r in rates] + [(0.0, l2) for l2 in l2s]:
+        w, b, _ = fit(X, y, dropout=rate, l2=l2, seed=seed)
         rows.append(
             {
                 "rate": rate,
+                "l2": l2,
                 "iid_acc": accuracy(w, b, Xt, yt),
                 "ood_remove_acc": accuracy(w, b, shift(Xt, "remove"), yt),
                 "ood_flip_acc": accuracy(w, b, shift(Xt, "flip"), yt),
