@@ -32,3 +32,28 @@ def test_dropout_table_pairs_by_seed():
     assert list(table.index) == ["a", "b", "average"]
     assert table.loc["average", "ood diff [95% CI]"] == "+0.020 [+0.020, +0.020]"
     assert table.loc["a", "seeds"] == 5
+
+
+def test_collect_cli_writes_one_table_per_grid_selected_by_iid(tmp_path, capsys):
+    """Two smoke runs: the table's accuracies are those of each run's step with the best
+    training-domain validation accuracy, recomputed here from results.jsonl."""
+    from vldlib.__main__ import main
+    from vldlib.runs import read_records
+
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    assert main(["sweep", "--grid", "smoke", "--runs-dir", str(runs), "--where", "test_env=0"]) == 0
+    assert main(["collect", str(runs), "--out", str(out)]) == 0
+    assert "## smoke" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["smoke.csv", "smoke.md"]
+    table = pd.read_csv(out / "smoke.csv")
+    rows = table[(table.method == "model") & (table.test_domain == "silhouette")]
+    assert sorted(rows.dropout) == [0.0, 0.9] and set(rows.seeds) == {1}
+    for folder in runs.iterdir():
+        evals = [r for r in read_records(folder / "results.jsonl") if r.get("method") == "model"]
+        best = max(evals, key=lambda r: (r.get("iid_acc", -1), -r.get("step", 0)))
+        dropout = float(folder.name.split("_")[1][1:])
+        row = rows[rows.dropout == dropout].iloc[0]
+        assert (row.iid, row.ood) == pytest.approx((best["iid_acc"], best["ood_acc"]))
+    markdown = (out / "smoke.md").read_text()
+    assert markdown.startswith("# the embedded benchmark at test size")
+    assert "| silhouette " in markdown

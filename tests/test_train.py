@@ -136,3 +136,64 @@ def test_smoke_profile_runs_on_the_embedded_benchmark_with_shipped_weights(tmp_p
     final = train(make_config("smoke", test_env=1), tmp_path / "run", progress=False)
     assert final["test_domain"] == "sketch" and 0.0 <= final["ood_acc"] <= 1.0
     assert RunDir(tmp_path / "run").is_done()
+
+
+# --- the fast path: off on a CPU by default, results within seed noise when asked for
+
+
+def test_fast_path_is_on_for_cuda_and_off_for_cpu_by_default():
+    from vldlib.train import CUDA_EVAL_BATCH, fast_path
+
+    config = make_config("paper")
+    cpu = fast_path(config, torch.device("cpu"))
+    assert (cpu.amp, cpu.channels_last, cpu.compile, cpu.cache_images) == (False,) * 4
+    assert (cpu.num_workers, cpu.pin_memory, cpu.eval_batch_size) == (0, False, 256)
+    cuda = fast_path(config, torch.device("cuda"))  # resolving needs no GPU
+    assert (cuda.amp, cuda.channels_last, cuda.cache_images, cuda.pin_memory) == (True,) * 4
+    assert cuda.num_workers >= 0 and cuda.eval_batch_size == CUDA_EVAL_BATCH
+    asked = make_config("paper", amp="bf16", channels_last="on", num_workers=2)
+    asked = fast_path(asked, torch.device("cpu"))
+    assert (asked.amp, asked.channels_last, asked.num_workers) == (True, True, 2)
+    off = fast_path(make_config("paper", amp="off", cache_images="off"), torch.device("cuda"))
+    assert not off.amp and not off.cache_images and off.channels_last
+
+
+def test_execution_fields_leave_the_run_hash_alone():
+    fast = dict(amp="bf16", channels_last="on", compile=True, cache_images="on", num_workers=3)
+    assert make_config("cpu", **fast).hash() == make_config("cpu").hash()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("amp", "fp16", "amp must be one of auto, bf16, off, got 'fp16'"),
+        ("channels_last", "yes", "channels_last must be one of auto, on, off"),
+        ("cache_images", "true", "cache_images must be one of auto, on, off"),
+        ("compile", "maybe", "compile expects a bool"),
+    ],
+)
+def test_bad_fast_path_value_is_one_clear_line(tmp_path, capsys, key, value, message):
+    from vldlib.__main__ import main
+
+    argv = ["train", "--profile", "smoke", f"--{key.replace('_', '-')}", value]
+    assert main([*argv, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_autocast_on_cpu_stays_within_seed_noise(tmp_path):
+    """bf16 autocast (CPU autocast here, CUDA's on a GPU) changes the losses, by far less than
+    another seed does; with channels_last as well, the same."""
+
+    def losses(name, **kw):
+        train(_debug_config(**kw), tmp_path / name, progress=False)
+        records = RunDir(tmp_path / name).records()
+        return torch.tensor([r["train_loss"] for r in records if "train_loss" in r])
+
+    fp32, other_seed = losses("fp32"), losses("seed1", seed=1)
+    bf16, fast = losses("bf16", amp="bf16"), losses("fast", amp="bf16", channels_last="on")
+    seed_noise = (other_seed - fp32).abs().max()
+    for run in (bf16, fast):
+        assert not torch.equal(run, fp32)  # autocast did run
+        assert (run - fp32).abs().max() < seed_noise / 10

@@ -220,6 +220,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vldlib.bench import bench, report
+
+    overrides = {k: parse_value(k, v) for k, v in _pairs("set", args.set).items()}
+    result = bench(
+        args.backbone,
+        args.resolution,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        data_dir=args.data_dir,
+        **overrides,
+    )
+    print(report(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vldlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs_dir")
     p.add_argument("--out", default=None, help="write <grid>.csv and <grid>.md here")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("bench", help="img/s of the loop, a bare step and the data; FLOP/s")
+    p.add_argument("--backbone", default="torchvision/resnet50", help="vldnet: the cpu profile")
+    p.add_argument("--resolution", type=int, default=224, help="image side in pixels")
+    p.add_argument("--batch", type=int, default=96, help="images per step, over 3 domains")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="real DomainBed data (default: generated)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. compile=true")
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

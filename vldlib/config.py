@@ -50,7 +50,7 @@ class Config:
     freeze_bn: bool = True  # BatchNorm running statistics stay at their pre-trained values
     # --- evaluation and selection (training-domain validation, Gulrajani & Lopez-Paz 2020)
     eval_every: int = 300
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # on CUDA the fast path evaluates at least 1024 at once
     # --- baselines along the same trajectory (§4.1: ★ weight averaging, ▲ ensembles, 1296×)
     trajectory_baselines: bool = True  # evaluate both at every evaluation, in the same run
     average_start: int = 300  # the authors' ``ma_start_iter``
@@ -59,7 +59,12 @@ class Config:
     # --- run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0
+    # --- execution: how fast, never what (``auto``: on for CUDA, off for CPU; see train.FastPath)
+    num_workers: int | None = None  # data-loading processes; None: 0 on CPU, a core each on CUDA
+    amp: str = "auto"  # auto | bf16 | off: bfloat16 autocast of forward passes
+    channels_last: str = "auto"  # auto | on | off: NHWC memory format for convolutions
+    compile: bool = False  # torch.compile the training forward pass
+    cache_images: str = "auto"  # auto | on | off: decode training images once, if they fit
 
     def __post_init__(self) -> None:
         check_drop_rate(self.dropout)
@@ -72,7 +77,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "num_workers", "test_env", "last_layer_lr_factor"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
@@ -91,6 +96,11 @@ class Config:
             raise ConfigError(
                 f"ensemble_mode must be 'prob' or 'logit', got {self.ensemble_mode!r}"
             )
+        for name, valid in SWITCHES.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}"
+                )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -107,8 +117,26 @@ class Config:
 asdict = dataclasses.asdict
 
 # Where data lives and how fast a run goes, not what it computes: left out of ``Config.hash`` so
-# that a run's identity survives a move to another machine or a new speed option.
-EXECUTION_FIELDS = frozenset({"data_dir", "device", "num_workers", "eval_batch_size"})
+# that a run's identity survives a move to another machine or a new speed option. bf16 autocast
+# changes rounding, not the method: its results stay within seed noise of fp32 (tests/test_train).
+EXECUTION_FIELDS = frozenset(
+    {
+        "data_dir",
+        "device",
+        "num_workers",
+        "eval_batch_size",
+        "amp",
+        "channels_last",
+        "compile",
+        "cache_images",
+    }
+)
+# The values of the fast path's switches; ``auto`` turns each on for CUDA and off for CPU.
+SWITCHES = {
+    "amp": ("auto", "bf16", "off"),
+    "channels_last": ("auto", "on", "off"),
+    "cache_images": ("auto", "on", "off"),
+}
 
 # Sizes for the embedded benchmark; the design history in book/design.md says how each was chosen.
 PROFILES: dict[str, dict[str, Any]] = {

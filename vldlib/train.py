@@ -12,10 +12,18 @@ training-domain validation accuracy.
 Exact resume: the images of step t, their augmentation and the data order are a pure function of
 (seed, t), and the checkpoint holds the model, optimiser, scheduler and RNG states, so a run killed
 at any point and restarted with the same command ends with the same results, bit for bit on a CPU.
+
+Fast path (``FastPath``): on CUDA a run by default uses bf16 autocast, channels_last tensors,
+pinned-memory loaders with worker processes, training images decoded once into memory, and
+evaluation batches of at least 1024; ``compile`` adds torch.compile. On a CPU all are off by
+default, so CPU runs compute exactly what they always did; asked for explicitly, each applies on a
+CPU too (bf16 autocast is CPU autocast), and a request the device cannot honour is a ConfigError.
 """
 
+import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +41,7 @@ from vldlib.averaging import TrajectoryAverage
 from vldlib.backbones import create_model, load_weights, set_batchnorm_eval
 from vldlib.config import Config
 from vldlib.data import MultiDomainData, get_dataset
+from vldlib.data.domainbed import decode_into_memory
 from vldlib.data.splits import seed_hash, split_indices, subsample
 from vldlib.data.transforms import eval_transform, train_transform
 from vldlib.ensembles import TrajectoryEnsemble
@@ -43,6 +52,8 @@ from vldlib.runs import RunDir, load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 EVAL_CACHE_BYTES = 2 << 30  # evaluation inputs are transformed once and kept if they fit
+CUDA_EVAL_BATCH = 1024  # the fast path's smallest evaluation batch
+MAX_WORKERS = 16  # data-loading processes per run on CUDA
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,6 +62,57 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use cpu")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How a run executes on its device: the config's execution fields with ``auto`` resolved."""
+
+    amp: bool  # bf16 autocast of forward passes (the loss and the weights stay fp32)
+    channels_last: bool
+    compile: bool
+    num_workers: int
+    pin_memory: bool
+    eval_batch_size: int
+    cache_images: bool
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def describe(self) -> str:
+        on = [k for k in ("amp", "channels_last", "compile", "cache_images") if getattr(self, k)]
+        return (
+            f"fast path: {', '.join(on) or 'off'}; {self.num_workers} loader workers, "
+            f"eval batch {self.eval_batch_size}"
+        )
+
+
+def fast_path(config: Config, device: torch.device) -> FastPath:
+    """Resolve the execution fields for ``device``: ``auto`` is on for CUDA, off for CPU."""
+    cuda = device.type == "cuda"
+
+    def switch(value: str) -> bool:
+        return cuda if value == "auto" else value != "off"
+
+    amp = switch(config.amp)
+    if amp and cuda and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if config.amp == "bf16":
+            raise ConfigError(f"amp='bf16' asked for, but {device} has no bfloat16; use amp=off")
+        amp = False  # auto: a pre-Ampere GPU runs in fp32
+    workers = config.num_workers
+    if workers is None:
+        workers = min(MAX_WORKERS, len(os.sched_getaffinity(0)) - 1) if cuda else 0
+    return FastPath(
+        amp=amp,
+        channels_last=switch(config.channels_last),
+        compile=config.compile,
+        num_workers=max(workers, 0),
+        pin_memory=cuda,
+        eval_batch_size=max(config.eval_batch_size, CUDA_EVAL_BATCH if cuda else 0),
+        cache_images=switch(config.cache_images),
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +167,11 @@ class StepBatches(torch.utils.data.Dataset):
 
 @dataclass
 class EvalSet:
-    """One domain's evaluation split: inputs transformed once (seeded), and its labels."""
+    """One domain's evaluation split: inputs transformed once (seeded), and its labels.
+
+    The transform's random draws are seeded per ``chunk`` images (the config's
+    ``eval_batch_size``), so the inputs do not depend on the batch size they are evaluated in.
+    """
 
     name: str
     dataset: torch.utils.data.Dataset
@@ -113,21 +179,33 @@ class EvalSet:
     transform: Callable
     seed: int
     targets: torch.Tensor
+    chunk: int = 256
     cached: torch.Tensor | None = None
+
+    def _chunks(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.indices), self.chunk):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_hash(self.seed, "eval", self.name, start))
+                chunk = self.indices[start : start + self.chunk]
+                yield torch.stack([self.transform(self.dataset[int(i)][0]) for i in chunk])
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         if self.cached is not None:
             yield from self.cached.split(batch_size)
             return
-        for start in range(0, len(self.indices), batch_size):
-            chunk = self.indices[start : start + batch_size]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_hash(self.seed, "eval", self.name, start))
-                yield torch.stack([self.transform(self.dataset[int(i)][0]) for i in chunk])
+        rest = torch.empty(0)
+        for chunk in self._chunks():
+            joined = torch.cat([rest, chunk]) if len(rest) else chunk
+            full = len(joined) // batch_size * batch_size
+            if full:
+                yield from joined[:full].split(batch_size)
+            rest = joined[full:]
+        if len(rest):
+            yield rest
 
-    def cache_if_small(self, sample_bytes: int, batch_size: int) -> None:
+    def cache_if_small(self, sample_bytes: int) -> None:
         if sample_bytes * len(self.indices) <= EVAL_CACHE_BYTES:
-            self.cached = torch.cat(list(self.batches(batch_size)))
+            self.cached = torch.cat(list(self._chunks()))
 
 
 def build_splits(
@@ -142,18 +220,19 @@ def build_splits(
     size = config.image_size or data.image_size
     val_tf = train_transform(size, data.channels, config.augment and config.augment_val)
     test_tf = eval_transform(size, data.channels)
+    chunk = config.eval_batch_size
     pools, evals = [], []
     for i, (name, env) in enumerate(zip(data.domains, data.envs, strict=True)):
         if i == config.test_env:
             idx = subsample(len(env), config.test_domain_size, config.split_seed, i)
             targets = torch.as_tensor(env.targets[idx])
-            evals.append(EvalSet(name, env, idx, test_tf, config.seed, targets))
+            evals.append(EvalSet(name, env, idx, test_tf, config.seed, targets, chunk))
             continue
         keep = subsample(len(env), config.train_domain_size, config.split_seed, i)
         tr, va = split_indices(len(keep), config.holdout_fraction, config.split_seed, i)
         pools.append((env, keep[tr]))
         targets = torch.as_tensor(env.targets[keep[va]])
-        evals.append(EvalSet(name, env, keep[va], val_tf, config.seed, targets))
+        evals.append(EvalSet(name, env, keep[va], val_tf, config.seed, targets, chunk))
     return pools, evals
 
 
@@ -171,6 +250,68 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.SGD:
     return torch.optim.SGD(
         groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+
+
+def prepare_model(
+    model: nn.Module, config: Config, fast: FastPath, device: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.optim.SGD, Any]:
+    """Move ``model`` to ``device`` (channels_last if asked) and return its forward function
+    (compiled if asked), SGD optimiser and step-decay schedule."""
+    model.to(device)
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if fast.compile else model
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(config.lr_milestones), config.lr_gamma
+    )
+    return forward, optimizer, scheduler
+
+
+def make_loader(steps: StepBatches, start: int, stop: int, fast: FastPath) -> Iterable:
+    """The batches of steps ``start`` to ``stop - 1``, built in ``fast.num_workers`` processes."""
+    return torch.utils.data.DataLoader(
+        steps,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=fast.num_workers,
+        pin_memory=fast.pin_memory,
+        generator=torch.Generator(),  # else creating the iterator draws from the global RNG
+    )
+
+
+def training_step(
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    config: Config,
+    fast: FastPath,
+    device: torch.device,
+) -> float:
+    """One step of the loop: move the batch, forward, and, if the loss is finite, one SGD update
+    and one scheduler step. Returns the loss; a non-finite loss leaves the model untouched.
+
+    ``forward`` is ``model`` itself or its compiled version.
+    """
+    model.train()
+    if config.freeze_bn:
+        set_batchnorm_eval(model)
+    x, y = batch
+    layout = torch.channels_last if fast.channels_last and x.ndim == 4 else torch.preserve_format
+    x = x.to(device, non_blocking=True, memory_format=layout)
+    y = y.to(device, non_blocking=True)
+    with fast.autocast(device):
+        loss = F.cross_entropy(forward(x), y)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return value
 
 
 def _rng_state() -> dict[str, Any]:
@@ -261,14 +402,14 @@ def train(
         log.info("%s is already finished; pass --overwrite to redo it", run.path)
         return run.final_record()
 
+    fast = fast_path(config, device)
+    log.info("%s on %s", fast.describe(), device)
     size = config.image_size or data.image_size
     for e in evals:
-        e.cache_if_small(4 * data.channels * size * size, config.eval_batch_size)
-    model.to(device)
-    optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, list(config.lr_milestones), config.lr_gamma
-    )
+        e.cache_if_small(4 * data.channels * size * size)
+    if fast.cache_images:
+        decode_into_memory(pools)
+    forward, optimizer, scheduler = prepare_model(model, config, fast, device)
     train_tf = train_transform(size, data.channels, config.augment)
     steps = StepBatches(pools, config.batch_size_per_domain, train_tf, config.seed)
     average = ensemble = None
@@ -291,35 +432,20 @@ def train(
         run.truncate_after(start)
         log.info("resuming %s from step %d", run.path, start)
 
-    loader = torch.utils.data.DataLoader(
-        steps,
-        batch_size=None,
-        sampler=range(start, config.steps),
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # else creating the iterator draws from the global RNG
-    )
+    loader = make_loader(steps, start, config.steps, fast)
     train_domains = [d for i, d in enumerate(data.domains) if i != config.test_env]
     test_domain = data.domains[config.test_env]
 
     # 3) the loop
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fine-tune")
     tick, baseline_seconds = time.perf_counter(), 0.0
-    for step, (x, y) in enumerate(_unwrapped(loader), start=start + 1):
-        model.train()
-        if config.freeze_bn:
-            set_batchnorm_eval(model)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        if not math.isfinite(loss.item()):
-            raise RunError(f"non-finite loss ({loss.item()}) at step {step}; {_kept(run)}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+    for step, batch in enumerate(_unwrapped(loader), start=start + 1):
+        loss = training_step(model, forward, optimizer, scheduler, batch, config, fast, device)
+        if not math.isfinite(loss):
+            raise RunError(f"non-finite loss ({loss}) at step {step}; {_kept(run)}")
+        loss_sum, loss_n = loss_sum + loss, loss_n + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
         is_eval = step % config.eval_every == 0 or step == config.steps
         if average is not None:
             t0 = time.perf_counter()
@@ -331,7 +457,8 @@ def train(
             raise RunError(f"non-finite weights after the update of step {step}; {_kept(run)}")
 
         # 4) evaluate the model, then the baselines riding along its trajectory
-        logits = split_logits(model, evals, config.eval_batch_size, device)
+        with fast.autocast(device):
+            logits = split_logits(model, evals, fast.eval_batch_size, device)
         s_per_step = (time.perf_counter() - tick - baseline_seconds) / loss_n
         records = [
             {
@@ -345,7 +472,8 @@ def train(
         ]
         t0 = time.perf_counter()
         if average is not None and average.n_averaged > 0:
-            avg_logits = split_logits(average.module, evals, config.eval_batch_size, device)
+            with fast.autocast(device):
+                avg_logits = split_logits(average.module, evals, fast.eval_batch_size, device)
             acc = split_accuracies(avg_logits, evals)
             records.append({"step": step, "method": "traj_avg", "n_models": average.n_averaged})
             records[-1].update(summarise(acc, train_domains, test_domain))

@@ -7,7 +7,8 @@ Folder datasets are read from the layout DomainBed's download script leaves on d
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
 from vldlib.errors import DataError
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DOMAINBED_IMAGE_SIZE = 224
+# Decoded training images are kept in memory up to this size (PACS, 9,991 images of 227 × 227,
+# takes 1.5 GiB); a dataset of larger photos is read from disk at every step instead.
+IMAGE_CACHE_BYTES = 16 << 30
 
 
 class DomainDataset(torch.utils.data.Dataset):
@@ -91,9 +96,52 @@ class FolderDomain(DomainDataset):
         self.name = name
         self.paths = list(paths)
         self.targets = np.asarray(targets, dtype=np.int64)
+        self.decoded: dict[int, torch.Tensor] = {}  # see `decode_into_memory`
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return _open_rgb(self.paths[index]), int(self.targets[index])
+    def __getitem__(self, index: int) -> tuple[Image.Image | torch.Tensor, int]:
+        image = self.decoded.get(index)
+        return (_open_rgb(self.paths[index]) if image is None else image), int(self.targets[index])
+
+
+def _decoded_bytes(path: str) -> int:
+    """Bytes of the decoded RGB image, read from the file's header; 0 if unreadable (decoding
+    the file later names it)."""
+    try:
+        with Image.open(path) as image:
+            return 3 * image.width * image.height
+    except (OSError, ValueError, SyntaxError):
+        return 0
+
+
+def decode_into_memory(
+    pools: Iterable[tuple[DomainDataset, np.ndarray]], budget_bytes: int = IMAGE_CACHE_BYTES
+) -> bool:
+    """Decode the images of every (folder domain, indices) pool once and serve them from memory.
+
+    Each image is kept as the uint8 (C, H, W) tensor that the transforms make of the file, so a
+    cached run computes exactly what an uncached one does. All or nothing: when the decoded
+    images (with those already kept) would exceed ``budget_bytes``, nothing is added and False
+    is returned. Domains already in memory (the embedded datasets) are skipped.
+    """
+    pools = [(env, indices) for env, indices in pools if isinstance(env, FolderDomain)]
+    todo = [(env, int(i)) for env, indices in pools for i in indices if int(i) not in env.decoded]
+    envs = {id(env): env for env, _ in pools}.values()
+    held = sum(t.numel() for env in envs for t in env.decoded.values())
+    with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+        needed = sum(pool.map(lambda item: _decoded_bytes(item[0].paths[item[1]]), todo))
+        if held + needed > budget_bytes:
+            logger.info(
+                "training images need %.1f GiB decoded (budget %.1f GiB): read from disk",
+                (held + needed) / 2**30,
+                budget_bytes / 2**30,
+            )
+            return False
+        # PIL releases the GIL while decoding, so threads decode in parallel.
+        images = pool.map(lambda item: pil_to_tensor(_open_rgb(item[0].paths[item[1]])), todo)
+        for (env, i), image in zip(todo, images, strict=True):
+            env.decoded[i] = image
+    logger.info("decoded %d training images into memory (%.2f GiB)", len(todo), needed / 2**30)
+    return True
 
 
 def _class_folders(domain_dir: Path) -> list[str]:
