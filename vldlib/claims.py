@@ -4,18 +4,18 @@ An effect is a mean over paired units (seeds, or held-out domains for the 1× co
 95% Student-t interval. Its verdict compares the interval with the claim's threshold: ``holds``
 when the whole interval lies on the claimed side, ``does not hold`` when it lies wholly on the
 other side, ``inconclusive`` when it straddles the threshold. With fewer than two units there is
-no interval: ``pending`` if some runs of the experiment exist, ``not run yet`` if none do.
+no interval: ``inconclusive`` if some runs of the experiment exist, ``not run`` if none do.
 """
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from vldlib.collect import load_runs, mean_ci
+from vldlib.collect import mean_ci
 from vldlib.figures import (
     COMBINED_METHODS,
     METHOD_LABELS,
@@ -25,9 +25,8 @@ from vldlib.figures import (
     Benchmark,
     by_seed,
     per_domain,
-    seed_means,
+    seed_average,
 )
-from vldlib.runs import CONFIG
 
 # One accuracy point: the threshold of "adds little" and "competitive" (our choice; the paper
 # gives none).
@@ -71,9 +70,10 @@ class Effect:
 
 def verdict(effect: Effect, side: str, threshold: float, started: bool) -> str:
     """``holds`` / ``does not hold`` / ``inconclusive`` for the claim effect ``side`` threshold
-    (``above`` or ``below``); ``pending`` or ``not run yet`` when there is no interval."""
+    (``above`` or ``below``); ``inconclusive`` (a single unit) or ``not run`` when there is
+    no interval."""
     if effect.n == 0 or (effect.n < 2 and effect.half != 0.0):
-        return "pending" if started else "not run yet"
+        return "inconclusive" if started and effect.n else "not run"
     lo, hi = effect.mean - effect.half, effect.mean + effect.half
     if side == "above":
         claimed, opposite = lo > threshold, hi < threshold
@@ -134,26 +134,17 @@ class Row:
         }
 
 
-@dataclass(frozen=True)
-class OtherRuns:
-    """The finished runs of an experiment kept in its own folder (from scratch, plain
-    pre-training, linear fine-tuning); ``started`` when any run folder exists there."""
+def _seeds(frame: pd.DataFrame | None, **where: Any) -> pd.Series:
+    """``figures.seed_average`` of an analysis table; empty when it is not computed."""
+    return pd.Series(dtype=float) if frame is None else seed_average(frame, **where)
 
-    runs: pd.DataFrame
-    n_domains: int
-    started: bool
 
-    @classmethod
-    def read(cls, root: str | Path | None) -> "OtherRuns":
-        root = Path(root) if root is not None else None
-        if root is None or not root.is_dir():
-            return cls(pd.DataFrame(), 0, False)
-        runs = load_runs(root)
-        started = any(root.glob(f"*/{CONFIG}"))
-        return cls(runs, runs.test_domain.nunique() if len(runs) else 0, started)
-
-    def seeds(self, dropout: float) -> pd.Series:
-        return seed_means(self.runs, self.n_domains, dropout)
+def _best_weight_decay(frame: pd.DataFrame, **where: Any) -> float:
+    """The weight decay with the best mean i.i.d. accuracy: chosen without the held-out domain."""
+    sub = frame
+    for key, value in where.items():
+        sub = sub[sub[key] == value]
+    return float(sub.groupby("weight_decay").iid_acc.mean().idxmax())
 
 
 def _readings_range(values: Sequence[float]) -> str:
@@ -182,24 +173,21 @@ def _by_domain_effect(bench: Benchmark, a: tuple[float, str], b: tuple[float, st
 def claims_rows(
     bench: Benchmark,
     decomposition: pd.DataFrame | None = None,
-    scratch_dir: str | Path | None = None,
-    plain_dir: str | Path | None = None,
-    linear_dir: str | Path | None = None,
+    scratch: pd.DataFrame | None = None,
+    pretraining: pd.DataFrame | None = None,
+    linear: pd.DataFrame | None = None,
+    full: pd.DataFrame | None = None,
 ) -> list[Row]:
     """Every claim of the paper against our runs.
 
     Args:
         bench: the main benchmark (``figures.load_benchmark`` with ``all_rates=True``), rich
             pre-training, λ = 0 and 0.9 and whatever other rates have run.
-        decomposition: ``figures.decomposition_table`` output, or None if not computed.
-        scratch_dir, plain_dir, linear_dir: folders of the from-scratch, plain-pre-training and
-            linear-fine-tuning runs (same run contract); None means the benchmark's folder with
-            ``_scratch``, ``_plain`` or ``_linear`` appended. Absent folders mean "not run yet".
+        decomposition: ``figures.decomposition_table`` output.
+        scratch, pretraining, linear, full: the analyses' tables (``scratch``, ``pretraining``,
+            ``linear_ft``, ``full_ft`` of ``python -m vldlib.analysis``).
+        None means not computed: its claims are ``not run``.
     """
-    root = str(bench.runs_dir)
-    scratch_dir = scratch_dir or f"{root}_scratch"
-    plain_dir = plain_dir or f"{root}_plain"
-    linear_dir = linear_dir or f"{root}_linear"
     started = bool((bench.status.status != "not run").any())
     erm, vld = by_seed(bench, 0.0), by_seed(bench, 0.9)
     rows = [
@@ -239,27 +227,28 @@ def claims_rows(
         )
     )
 
-    scratch = OtherRuns.read(scratch_dir)
-    effect = Effect.paired(scratch.seeds(0.0), scratch.seeds(0.9), "seeds")
+    # From scratch: every learning rate of the grid, averaged per seed.
+    effect = Effect.paired(_seeds(scratch, dropout=0.0), _seeds(scratch, dropout=0.9), "seeds")
     rows.append(
         Row(
             4,
             "λ=0.9 − λ=0 from scratch, paired seeds",
             "optimum ≈ 0; λ > 0.5 hurts (not read)",
             effect,
-            scratch.started,
+            scratch is not None,
         )
     )
 
-    plain = OtherRuns.read(plain_dir)
-    effect = Effect.paired(plain.seeds(0.9), erm, "seeds")
+    # Each recipe is reported by its own method: naive by the model, advanced by its average.
+    naive_rich = _seeds(pretraining, weights="rich", recipe="naive", reported=True)
+    advanced_plain = _seeds(pretraining, weights="plain", recipe="advanced", reported=True)
     rows.append(
         Row(
             5,
-            "λ=0 on rich − VLD on plain pre-training, paired seeds",
+            "naive on rich − advanced on plain pre-training, paired seeds",
             "naive #2 ≈ advanced #1 on 3 of 4 datasets (not read)",
-            effect,
-            plain.started,
+            Effect.paired(advanced_plain, naive_rich, "seeds"),
+            pretraining is not None,
         )
     )
 
@@ -273,15 +262,20 @@ def claims_rows(
         effect = _by_domain_effect(bench, (0.9, "model"), (0.9, m))
         rows.append(Row(6, f"{METHOD_LABELS[m]} of λ=0.9 − VLD, per domain", fig7, effect, started))
 
-    linear = OtherRuns.read(linear_dir)
-    effect = Effect.paired(vld, linear.seeds(0.9), "seeds")
+    if linear is not None and full is not None:
+        at = {"dropout": 0.9, "selection": "iid"}
+        wd = _best_weight_decay(linear, **at)
+        effect = Effect.paired(_seeds(full, **at), _seeds(linear, weight_decay=wd, **at), "seeds")
+        comparison = f"linear (wd {wd:g}) − full fine-tuning, λ=0.9, paired seeds"
+    else:
+        effect, comparison = Effect.paired(pd.Series(), pd.Series(), "seeds"), "linear − full"
     rows.append(
         Row(
             7,
-            "linear − full fine-tuning, both λ=0.9, paired seeds",
+            comparison,
             "competitive o.o.d. (not read)",
             effect,
-            linear.started,
+            linear is not None and full is not None,
         )
     )
 
@@ -305,7 +299,7 @@ def claims_table(rows: Sequence[Row]) -> pd.DataFrame:
 
 def claims_summary(rows: Sequence[Row]) -> pd.DataFrame:
     """One verdict per claim: ``holds`` if every comparison holds, ``does not hold`` if any does
-    not, otherwise ``not run yet``, ``pending`` or ``inconclusive``, in that order."""
+    not, otherwise ``not run`` if any comparison has no result, else ``inconclusive``."""
     out = []
     for number in dict.fromkeys(r.number for r in rows):
         verdicts = {r.verdict for r in rows if r.number == number}
@@ -314,7 +308,7 @@ def claims_summary(rows: Sequence[Row]) -> pd.DataFrame:
         elif "does not hold" in verdicts:
             v = "does not hold"
         else:
-            v = next(k for k in ("not run yet", "pending", "inconclusive") if k in verdicts)
+            v = "not run" if "not run" in verdicts else "inconclusive"
         out.append({"#": number, "claim (paper)": CLAIMS[number].text, "verdict": v})
     return pd.DataFrame(out)
 
@@ -330,6 +324,8 @@ def plateau_check(bench: Benchmark) -> pd.DataFrame:
         drops = []
         for _, run in sub.groupby(["seed", "test_domain"]):
             steps = np.sort(run.step.unique())
+            if len(steps) < 4:  # no last quarter to compare with (the smoke profile)
+                continue
             mark = steps[int(round(0.75 * len(steps))) - 1]
             loss = run.set_index("step").train_loss
             drops.append((loss[mark] - loss[steps[-1]]) / loss[mark])
@@ -341,7 +337,11 @@ def plateau_check(bench: Benchmark) -> pd.DataFrame:
                 "λ": p,
                 "runs": len(drops),
                 "loss fall over the last quarter [95% CI]": effect.text("{:.1%}"),
-                "verdict": {"holds": "levelled off", "does not hold": "still falling"}.get(v, v),
+                "verdict": {
+                    "holds": "levelled off",
+                    "does not hold": "still falling",
+                    "not run": "too few evaluations",
+                }.get(v, v),
             }
         )
     return pd.DataFrame(rows)

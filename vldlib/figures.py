@@ -7,7 +7,7 @@ readings of arXiv v1 (``PAPER_FIG2_1X``, ``PAPER_FIG3``); the paper has no numer
 """
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,10 @@ def load_benchmark(
     if len(combined):
         keep = {(c.test_env, c.dropout) for c in complete}
         pairs = zip(combined.test_env, combined.dropout, strict=True)
+        # combined.jsonl keys groups by (domain, λ) only: one made from another seed set (a
+        # smaller grid over the same folder) does not count here.
+        ens = combined[combined.method == "ens_1x"].set_index(["test_env", "dropout"]).n_models
+        keep = {g for g in keep if ens.get(g) == len(seeds)}
         combined = combined[[p in keep for p in pairs]].reset_index(drop=True)
     missing_groups = len(done) - int(done.sum())
     if missing_groups:
@@ -295,6 +299,12 @@ def ci_text(x: Sequence[float], signed: bool = False) -> str:
     if np.isnan(half):
         return f.format(mean)
     return f"{f.format(mean)} [{f.format(mean - half)}, {f.format(mean + half)}]"
+
+
+def paired_text(a: pd.Series, b: pd.Series) -> str:
+    """``ci_text`` of b − a over the seeds (index) both have."""
+    common = a.index.intersection(b.index)
+    return ci_text(b[common] - a[common], signed=True)
 
 
 def setup_notebook() -> None:
@@ -734,3 +744,360 @@ def plot_starvation(table: pd.DataFrame) -> plt.Figure:
     )
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The analyses' tables (Figs. 1, 5, 8, 9–10): committed CSV files or computed here
+
+
+@dataclass
+class AnalysisTable:
+    """An analysis's tidy table, or None when it is not computed at this profile; ``source``
+    says which, in one line."""
+
+    name: str
+    frame: pd.DataFrame | None
+    source: str
+
+
+def analysis_table(
+    name: str,
+    tables_dir: str | Path | None,
+    compute: Callable[[], pd.DataFrame],
+    train_missing: bool,
+    command: str | None = None,
+) -> AnalysisTable:
+    """The table ``name``: read from ``tables_dir/name.csv`` when that file exists (results that
+    ``python -m vldlib.analysis`` wrote), else ``compute()`` if ``train_missing``, else absent.
+
+    ``command``: the ``python -m vldlib.analysis`` name that writes the file (default ``name``).
+    """
+    path = Path(tables_dir) / f"{name}.csv" if tables_dir is not None else None
+    if path is not None and path.exists():
+        frame = pd.read_csv(path)
+        return AnalysisTable(name, frame, f"{name}: {len(frame)} rows read from {path}.")
+    if train_missing:
+        frame = compute()
+        return AnalysisTable(name, frame, f"{name}: {len(frame)} rows computed by this notebook.")
+    return AnalysisTable(
+        name,
+        None,
+        f"{name}: not computed yet at this profile ({path} does not exist). "
+        f"`python -m vldlib.analysis {command or name}` writes it; or run this notebook with "
+        "train_missing=True.",
+    )
+
+
+def seed_average(frame: pd.DataFrame, column: str = "ood_acc", **where: Any) -> pd.Series:
+    """Per seed, the mean of ``column`` over the rows equal to ``where`` (held-out domains, and
+    any axis not given), for the seeds that have every held-out domain of ``frame``."""
+    sub = frame
+    for key, value in where.items():
+        sub = sub[sub[key] == value]
+    counts = sub.groupby("seed").test_domain.nunique()
+    seeds = counts[counts == frame.test_domain.nunique()].index
+    return sub[sub.seed.isin(seeds)].groupby("seed")[column].mean()
+
+
+def _placeholder(what: str, message: str, xlabel: str, ylabel: str) -> plt.Figure:
+    """An empty figure with its axes labelled and the reason it is empty."""
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set(title=f"{what}: no results at this profile yet", xlabel=xlabel, ylabel=ylabel)
+    return fig
+
+
+def rate_table(table: AnalysisTable, by: str = "dropout", **where: Any) -> pd.DataFrame:
+    """Per value of ``by``: o.o.d. and i.i.d. accuracy averaged over the held-out domains per
+    seed (mean [95% CI] over seeds) and the number of runs."""
+    if table.frame is None:
+        return pd.DataFrame({"status": [table.source]})
+    frame, rows = table.frame, []
+    for value in sorted(frame[by].unique()):
+        keys = where | {by: value}
+        sub = frame
+        for k, v in keys.items():
+            sub = sub[sub[k] == v]
+        rows.append(
+            {
+                by: value,
+                "runs": len(sub),
+                "seeds": len(seed_average(frame, **keys)),
+                "ood [95% CI]": ci_text(seed_average(frame, **keys)),
+                "iid [95% CI]": ci_text(seed_average(frame, "iid_acc", **keys)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_interpolation(table: AnalysisTable) -> plt.Figure:
+    """Fig. 1: o.o.d. accuracy along weight and representation interpolation, one panel per
+    fine-tuning length (mild, long); line style: the pre-trained end's last layer."""
+    xlabel, ylabel = "α (0: fine-tuned, 1: pre-trained)", "o.o.d. accuracy (held-out domain)"
+    if table.frame is None:
+        return _placeholder("Fig. 1", table.source, xlabel, ylabel)
+    frame = table.frame
+    names = list(dict.fromkeys(frame.finetuning))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        sub = frame[frame.finetuning == name]
+        sns.lineplot(sub, x="alpha", y="ood_acc", hue="kind", style="pre_head", marker="o", ax=ax)
+        steps = int(sub.steps.iloc[0])
+        ax.set(title=f"{name} fine-tuning ({steps} steps)", xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_gap(table: AnalysisTable) -> pd.DataFrame:
+    """Per fine-tuning length and pre-trained head: the largest and mean |o.o.d. gap| between
+    the weight and representation paths over α, beside what the paper shows."""
+    if table.frame is None:
+        return pd.DataFrame({"status": [table.source]})
+    wide = table.frame.pivot_table(
+        index=["finetuning", "pre_head", "alpha"], columns="kind", values="ood_acc"
+    )
+    gap = (wide.iloc[:, 0] - wide.iloc[:, 1]).abs().groupby(level=[0, 1], sort=False)
+    out = pd.DataFrame({"max |gap|": gap.max(), "mean |gap|": gap.mean()}).reset_index()
+    paper = {"mild": "curves agree", "long": "curves diverge"}
+    out[f"paper ({PAPER_SOURCE})"] = out.finetuning.map(paper).fillna("—") + " (not read)"
+    return out
+
+
+def plot_rates(table: AnalysisTable, what: str, **where: Any) -> plt.Figure:
+    """O.o.d. and i.i.d. accuracy against λ (per-seed domain averages, mean and 95% CI)."""
+    xlabel = "dropout rate λ on Φ(x)"
+    if table.frame is None:
+        return _placeholder(what, table.source, xlabel, "accuracy")
+    rows = []
+    for p in sorted(table.frame.dropout.unique()):
+        for column, label in (("ood_acc", "o.o.d."), ("iid_acc", "i.i.d. (validation)")):
+            values = seed_average(table.frame, column, dropout=p, **where)
+            rows += [{"λ": p, "accuracy": v, "split": label} for v in values]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.lineplot(pd.DataFrame(rows), x="λ", y="accuracy", hue="split", marker="o", ax=ax)
+    ax.set(title=what, xlabel=xlabel, ylabel="accuracy (mean over held-out domains)")
+    fig.tight_layout()
+    return fig
+
+
+def pretraining_summary(table: AnalysisTable) -> pd.DataFrame:
+    """Fig. 8 as a table (``analysis.pretraining.pretraining_table``) with the paper's finding."""
+    from vldlib.analysis.pretraining import pretraining_table
+
+    if table.frame is None:
+        return pd.DataFrame({"status": [table.source]})
+    out = pretraining_table(table.frame)
+    out[f"paper ({PAPER_SOURCE})"] = "naive #2 ≈ advanced #1 on 3 of 4 datasets (not read)"
+    return out
+
+
+def plot_pretraining(table: AnalysisTable) -> plt.Figure:
+    """Fig. 8: o.o.d. accuracy of naive and advanced fine-tuning of each pre-trained backbone
+    (the reported method of each recipe; per-seed domain averages, mean and 95% CI)."""
+    xlabel, ylabel = "pre-trained backbone", "o.o.d. accuracy (mean over held-out domains)"
+    if table.frame is None:
+        return _placeholder("Fig. 8", table.source, xlabel, ylabel)
+    reported = table.frame[table.frame.reported.astype(bool)]
+    per_seed = reported.groupby(["weights", "recipe", "seed"]).ood_acc.mean().reset_index()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.barplot(per_seed, x="weights", y="ood_acc", hue="recipe", errorbar=("ci", 95), ax=ax)
+    low = per_seed.ood_acc.min()
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(max(0.0, low - 0.1), None))
+    fig.tight_layout()
+    return fig
+
+
+def plot_linear(linear: AnalysisTable, full: AnalysisTable) -> plt.Figure:
+    """Figs. 9 and 10: linear (Eq. 1) and full fine-tuning against λ, at the step selected by
+    i.i.d. validation (Fig. 9) and at the last step (Fig. 10); rows: o.o.d., i.i.d."""
+    frames = [t.frame for t in (linear, full) if t.frame is not None]
+    if not frames:
+        return _placeholder("Figs. 9–10", linear.source, "dropout rate λ", "accuracy")
+    both = pd.concat(frames, ignore_index=True)
+    both = both.assign(recipe=both.kind + ", wd " + both.weight_decay.map("{:g}".format))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharex=True)
+    titles = {"iid": "Fig. 9: step selected by i.i.d. val.", "last": "Fig. 10: last step"}
+    for j, (selection, title) in enumerate(titles.items()):
+        sub = both[both.selection == selection]
+        for i, (column, label) in enumerate((("ood_acc", "o.o.d."), ("iid_acc", "i.i.d."))):
+            ax = axes[i, j]
+            sns.lineplot(sub, x="dropout", y=column, hue="recipe", marker="o", ax=ax)
+            ax.set(title=title if i == 0 else None, xlabel="dropout rate λ")
+            ax.set_ylabel(f"{label} accuracy")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def linear_summary(linear: AnalysisTable, full: AnalysisTable) -> pd.DataFrame:
+    """Mean accuracies per (kind, weight decay, λ, selection) over the (domain, seed) pairs that
+    full fine-tuning has (``analysis.tables.linear_summary``)."""
+    from vldlib.analysis.tables import linear_summary as summary
+
+    if linear.frame is None or full.frame is None:
+        return pd.DataFrame({"status": [t.source for t in (linear, full)]})
+    out = summary(linear.frame, full.frame)
+    out[f"paper ({PAPER_SOURCE})"] = "linear competitive o.o.d. (not read)"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figs. 4 and 6: the benchmark grid at other fine-tuning set sizes or last-layer learning rates
+
+
+def load_variants(
+    field_name: str, values: Sequence[Any], profile: str, runs_dir: str | Path, **kwargs: Any
+) -> dict[Any, Benchmark]:
+    """``load_benchmark`` once per value of the config field ``field_name``. The profile's own
+    value reads the main grid's runs in ``runs_dir``; another value has its own folder,
+    ``runs_dir/<field>=<value>`` (1× combinations are kept per folder)."""
+    # deviation from paper: Fig. 4 used DomainNet; here the same benchmark grows its training set.
+    default = getattr(make_config(profile), field_name)
+    benches = {}
+    for value in values:
+        root = Path(runs_dir)
+        if value != default:
+            root = root / f"{field_name}={value:g}"
+        benches[value] = load_benchmark(profile, root, **kwargs, **{field_name: value})
+    return benches
+
+
+def variants_table(benches: dict[Any, Benchmark], label: str) -> pd.DataFrame:
+    """Per variant and λ: runs finished, o.o.d. and i.i.d. accuracy (domain average per seed,
+    mean [95% CI]) and the paired o.o.d. change from the first variant."""
+    first = next(iter(benches.values()))
+    rows = []
+    for value, bench in benches.items():
+        finished = bench.status.status == "finished"
+        for p in bench.dropouts:
+            n = bench.status.dropout == p
+            ood = by_seed(bench, p)
+            change = "reference" if bench is first else paired_text(by_seed(first, p), ood)
+            rows.append(
+                {
+                    label: value,
+                    "λ": p,
+                    "runs finished": f"{int((finished & n).sum())}/{int(n.sum())}",
+                    "ood [95% CI]": ci_text(ood),
+                    "iid [95% CI]": ci_text(by_seed(bench, p, column="iid_acc")),
+                    "ood change from the first [95% CI]": change,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_variants(
+    benches: dict[Any, Benchmark], what: str, xlabel: str, log: bool = False
+) -> plt.Figure:
+    """O.o.d. accuracy (domain average per seed, mean and 95% CI) against the variant, per λ."""
+    rows = [
+        {"variant": value, "λ": f"{p:g}", "ood_acc": v}
+        for value, bench in benches.items()
+        for p in bench.dropouts
+        for v in by_seed(bench, p)
+    ]
+    ylabel = "o.o.d. accuracy (mean over held-out domains)"
+    if not rows:
+        text = "\n".join(f"{xlabel} {v}: {b.summary()}" for v, b in benches.items())
+        return _placeholder(what, text, xlabel, ylabel)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.lineplot(pd.DataFrame(rows), x="variant", y="ood_acc", hue="λ", marker="o", ax=ax)
+    if log:
+        ax.set_xscale("log")
+    ax.set(title=what, xlabel=xlabel, ylabel=ylabel)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Computing the analyses' tables in a notebook (smoke profile, or train_missing=True)
+
+
+def compute_interpolation(
+    profile: str,
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    test_env: int = 0,
+    dropout: float = 0.9,
+    seed: int = 0,
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Fig. 1's table (``analysis.tables.interpolation_tables``): the main grid's run of
+    (``test_env``, ``dropout``, ``seed``), trained first if missing, is the long fine-tuning; the
+    mild one (a sixth of its steps) goes under ``out_dir``."""
+    from vldlib.analysis.tables import interpolation_tables
+    from vldlib.sweeps import grid, run_dir, run_local
+
+    configs = grid(profile, [seed], [dropout], [test_env], **_overrides(**overrides))
+    run_local(configs, runs_dir, progress=False)
+    # deviation from paper: "mild" is the same run stopped early (a sixth of its steps, no lr
+    # decay); the paper's mild CLIP model had a 10× smaller lr and fewer epochs.
+    mild_steps = max(1, configs[0].steps // 6)
+    frame = interpolation_tables(run_dir(runs_dir, configs[0]), out_dir, mild_steps)
+    return frame["interpolation"]
+
+
+def compute_scratch(
+    profile: str,
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    test_envs: Sequence[int],
+    dropouts: Sequence[float],
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Fig. 5's table: from-scratch runs (``analysis.scratch``) under ``out_dir/runs/scratch``."""
+    from vldlib.analysis.scratch import run_scratch, scratch_configs
+
+    configs = scratch_configs(profile, seeds, test_envs, dropouts, **_overrides(**overrides))
+    return run_scratch(configs, Path(out_dir) / "runs" / "scratch", progress=False)
+
+
+def compute_pretraining(
+    profile: str,
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    test_envs: Sequence[int],
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Fig. 8's table: naive and advanced recipes on both backbones (``analysis.pretraining``)
+    under ``out_dir/runs/pretraining``."""
+    from vldlib.analysis.pretraining import pretraining_configs, run_pretraining
+
+    configs = pretraining_configs(profile, seeds, test_envs, **_overrides(**overrides))
+    return run_pretraining(configs, Path(out_dir) / "runs" / "pretraining", progress=False)
+
+
+def analysis_tables(
+    profile: str,
+    runs_dir: str | Path,
+    tables_dir: str | Path | None,
+    analysis_dir: str | Path,
+    train_missing: bool,
+    seeds: Sequence[int],
+    test_envs: Sequence[int],
+    dropouts: Sequence[float],
+    weight_decays: Sequence[float],
+    **overrides: Any,
+) -> dict[str, AnalysisTable]:
+    """The tables the claims rest on besides the main grid (``scratch``, ``pretraining``,
+    ``linear_ft``, ``full_ft``), as the Figs. 5, 8 and 9–10 notebooks get them: committed
+    files first, finished runs reused when computing."""
+    from vldlib.analysis.linear import full_finetuning_results, linear_sweep
+
+    kept = _overrides(**overrides)
+    computations = {
+        "scratch": lambda: compute_scratch(
+            profile, analysis_dir, seeds, test_envs, dropouts, **kept
+        ),
+        "pretraining": lambda: compute_pretraining(profile, analysis_dir, seeds, test_envs, **kept),
+        "linear_ft": lambda: linear_sweep(
+            profile, seeds, dropouts, test_envs, weight_decays, progress=False, **kept
+        ),
+        "full_ft": lambda: full_finetuning_results(runs_dir),
+    }
+    commands = {"linear_ft": "linear", "full_ft": "full"}
+    return {
+        name: analysis_table(name, tables_dir, compute, train_missing, commands.get(name))
+        for name, compute in computations.items()
+    }
