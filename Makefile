@@ -36,9 +36,10 @@ test: lint chromium
 # The book: every notebook executed by papermill at the cpu profile into $(BOOK)/notebooks, then a
 # strict Jupyter Book build there. TRAIN=1 trains the main grid's missing runs into $(RUNS) (a run
 # whose config hash is finished is reused); TRAIN=0 only reads the committed results. EXTRA=1 also
-# trains the extension grids that are not committed (Figs. 4, 6 and 8: 240 runs, about 18 hours on
-# 2 cores); without it their pages say what is missing. FORCE=1 recomputes everything (runs and
-# analysis tables) into a fresh runs folder under _build/.
+# trains the extension grids that are not committed (Fig. 3's rates 0.5 and 0.95, Figs. 4, 6 and
+# 8: 280 runs, about 20 hours on 2 cores); without it their pages say what is missing. FORCE=1
+# recomputes everything (runs and analysis tables) into a fresh runs folder under _build/. Runs
+# that notebooks train for the analyses go to $(BOOK_ANALYSIS), which a rebuild keeps.
 BOOK := _build/book
 TRAIN ?= 1
 EXTRA ?= 0
@@ -46,35 +47,41 @@ FORCE ?= 0
 ifeq ($(FORCE),1)
   BOOK_RUNS := _build/runs/fresh-$(shell date +%Y%m%d-%H%M%S)
   BOOK_TABLES := None
+  BOOK_ANALYSIS := $(BOOK_RUNS)-analysis
   TRAIN := 1
   EXTRA := 1
 else
   BOOK_RUNS := $(RUNS)
   BOOK_TABLES := ../results/analysis
+  BOOK_ANALYSIS := _build/runs/analysis
 endif
 # Paths as the notebooks see them: they run in notebooks/.
 from_notebooks = $(if $(filter /%,$(1)),$(1),../$(1))
 # Reading only, two notebooks at a time (one torch thread each); training, one at a time (they
 # share runs). The claims page reads what the others computed, so it runs last.
 CLAIMS := notebooks/claims.ipynb
-# The claims page reads the extension grids too, so it trains only what EXTRA allows.
+# The claims page reads Fig. 8's table, so it trains only what EXTRA allows.
 EXTENSIONS := notebooks/fig4_set_size.ipynb notebooks/fig6_last_layer_lr.ipynb \
 	notebooks/fig8_pretraining.ipynb $(CLAIMS)
+RATES := notebooks/fig3_dropout_rates.ipynb
 FIGURES := $(filter-out $(CLAIMS),$(sort $(wildcard notebooks/*.ipynb)))
 train_flag = $(if $(filter 1,$(if $(filter $(1),$(EXTENSIONS)),$(EXTRA),$(TRAIN))),True,False)
+# Each notebook's own papermill arguments: whether it trains, and Fig. 3's sweep under EXTRA=1.
+nb_args = -p train_missing $(call train_flag,$(1)) \
+	$(if $(and $(filter 1,$(EXTRA)),$(filter $(1),$(RATES))),-f notebooks/profiles/cpu_rates.yaml)
 PAPERMILL = OMP_NUM_THREADS=1 $(BIN)/papermill --cwd notebooks -k python3 \
 	--no-progress-bar --log-level WARNING -f notebooks/profiles/cpu.yaml \
 	-p runs_dir $(call from_notebooks,$(BOOK_RUNS)) \
-	-p tables_dir $(BOOK_TABLES) -p analysis_dir $(call from_notebooks,$(BOOK)/analysis)
+	-p tables_dir $(BOOK_TABLES) -p analysis_dir $(call from_notebooks,$(BOOK_ANALYSIS))
 
 book: $(STAMP)
 	rm -rf $(BOOK) && mkdir -p $(BOOK)/notebooks
 	cp _config.yml _toc.yml $(BOOK)/ && cp -r book $(BOOK)/book
 	@echo "papermill, cpu profile, runs in $(BOOK_RUNS), TRAIN=$(TRAIN) EXTRA=$(EXTRA)"
-	printf '%s\n' $(foreach nb,$(FIGURES),"$(nb) $(call train_flag,$(nb))") \
+	printf '%s\n' $(foreach nb,$(FIGURES),"$(nb) $(strip $(call nb_args,$(nb)))") \
 	  | xargs -P $(if $(filter 1,$(TRAIN) $(EXTRA)),1,2) -L 1 sh -c \
-	  '$(PAPERMILL) -p train_missing $$1 $$0 $(BOOK)/$$0'
-	$(PAPERMILL) -p train_missing $(call train_flag,$(CLAIMS)) $(CLAIMS) $(BOOK)/$(CLAIMS)
+	  '$(PAPERMILL) "$$@" $$0 $(BOOK)/$$0'
+	$(PAPERMILL) $(call nb_args,$(CLAIMS)) $(CLAIMS) $(BOOK)/$(CLAIMS)
 	$(BIN)/jupyter-book build $(BOOK) -W -n --keep-going
 	@echo "The book: file://$(abspath $(BOOK))/_build/html/index.html"
 

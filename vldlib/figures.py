@@ -196,15 +196,18 @@ def load_benchmark(
         runs = runs[runs.run.isin(finished)].reset_index(drop=True)
 
     # 1× combinations: only groups whose seeds all finished; computed only when training is allowed
-    # and the checkpoints are here (they are not committed).
+    # and the group's checkpoints are here (they are not committed).
     notes = []
     done = status.groupby(["test_env", "dropout"]).status.apply(lambda s: (s == "finished").all())
     complete = [c for c in configs if done[(c.test_env, c.dropout)]]
-    have_checkpoints = all(
-        RunDir(run_dir(runs_dir, c, data)).checkpoint_path.exists() for c in complete
-    )
-    if complete and train_missing and have_checkpoints:
-        combined = combine_grid(complete, runs_dir)
+    absent = {
+        (c.test_env, c.dropout)
+        for c in complete
+        if not RunDir(run_dir(runs_dir, c, data)).checkpoint_path.exists()
+    }
+    computable = [c for c in complete if (c.test_env, c.dropout) not in absent]
+    if computable and train_missing:
+        combined = combine_grid(computable, runs_dir)
     else:
         combined = pd.DataFrame(read_records(runs_dir / "combined.jsonl"))
     if len(combined):
@@ -215,6 +218,13 @@ def load_benchmark(
         ens = combined[combined.method == "ens_1x"].set_index(["test_env", "dropout"]).n_models
         keep = {g for g in keep if ens.get(g) == len(seeds)}
         combined = combined[[p in keep for p in pairs]].reset_index(drop=True)
+    shown = set(zip(combined.test_env, combined.dropout, strict=True)) if len(combined) else set()
+    if absent - shown:
+        notes.append(
+            f"1× combinations of {len(absent - shown)} finished (domain, λ) groups are not "
+            "computed: some of their runs have no checkpoint here (checkpoints are not "
+            "committed; rerunning those runs with the same config recreates them)."
+        )
     missing_groups = len(done) - int(done.sum())
     if missing_groups:
         notes.append(
@@ -788,6 +798,18 @@ def analysis_table(
     )
 
 
+def full_table(runs_dir: str | Path) -> AnalysisTable:
+    """Full fine-tuning's rows of ``linear_sweep``'s shape, always read afresh from the finished
+    runs under ``runs_dir`` (cheap: records only), so new seeds are never hidden by a snapshot."""
+    from vldlib.analysis.linear import full_finetuning_results
+
+    frame = full_finetuning_results(runs_dir)
+    if not len(frame):
+        return AnalysisTable("full_ft", None, f"full_ft: no finished run in {runs_dir}.")
+    source = f"full_ft: {len(frame)} rows from the runs in {runs_dir}."
+    return AnalysisTable("full_ft", frame, source)
+
+
 def seed_average(frame: pd.DataFrame, column: str = "ood_acc", **where: Any) -> pd.Series:
     """Per seed, the mean of ``column`` over the rows equal to ``where`` (held-out domains, and
     any axis not given), for the seeds that have every held-out domain of ``frame``."""
@@ -842,8 +864,8 @@ def plot_interpolation(table: AnalysisTable) -> plt.Figure:
     for ax, name in zip(axes[0], names, strict=True):
         sub = frame[frame.finetuning == name]
         sns.lineplot(sub, x="alpha", y="ood_acc", hue="kind", style="pre_head", marker="o", ax=ax)
-        steps = int(sub.steps.iloc[0])
-        ax.set(title=f"{name} fine-tuning ({steps} steps)", xlabel=xlabel, ylabel=ylabel)
+        steps, run = int(sub.steps.iloc[0]), sub.run.iloc[0]
+        ax.set(title=f"{name} fine-tuning ({steps} steps): {run}", xlabel=xlabel, ylabel=ylabel)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -1082,8 +1104,8 @@ def analysis_tables(
 ) -> dict[str, AnalysisTable]:
     """The tables the claims rest on besides the main grid (``scratch``, ``pretraining``,
     ``linear_ft``, ``full_ft``), as the Figs. 5, 8 and 9–10 notebooks get them: committed
-    files first, finished runs reused when computing."""
-    from vldlib.analysis.linear import full_finetuning_results, linear_sweep
+    files first, finished runs reused when computing; ``full_ft`` from ``runs_dir`` always."""
+    from vldlib.analysis.linear import linear_sweep
 
     kept = _overrides(**overrides)
     computations = {
@@ -1094,10 +1116,9 @@ def analysis_tables(
         "linear_ft": lambda: linear_sweep(
             profile, seeds, dropouts, test_envs, weight_decays, progress=False, **kept
         ),
-        "full_ft": lambda: full_finetuning_results(runs_dir),
     }
-    commands = {"linear_ft": "linear", "full_ft": "full"}
-    return {
-        name: analysis_table(name, tables_dir, compute, train_missing, commands.get(name))
+    tables = {
+        name: analysis_table(name, tables_dir, compute, train_missing, name.removesuffix("_ft"))
         for name, compute in computations.items()
     }
+    return tables | {"full_ft": full_table(runs_dir)}
