@@ -379,7 +379,12 @@ def plot_iid_ood(bench: Benchmark, baseline: float = 0.0, method: float = 0.9) -
     domain plus the per-seed average; plain fine-tuning (λ = baseline, ●), VLD (λ = method, ◆),
     the baseline's trajectory averages/ensembles (★/▲ 1296×) and 1× soup/ensemble (★/▲ 1×)."""
     names = [*bench.held_out, "average"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.4), sharey=False)
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, grid_axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes, spare = list(grid_axes.flat[: len(names)]), list(grid_axes.flat[len(names) :])
+    for ax in spare:
+        ax.axis("off")
     if not len(bench.runs):
         for ax in axes:
             ax.set(xlabel="i.i.d. accuracy", ylabel="o.o.d. accuracy")
@@ -423,17 +428,13 @@ def plot_iid_ood(bench: Benchmark, baseline: float = 0.0, method: float = 0.9) -
             )
         title = "average over domains (per seed)" if name == "average" else f"held out: {name}"
         ax.set(title=title, xlabel="i.i.d. accuracy (training-domain val.)")
-    axes[0].set_ylabel("o.o.d. accuracy (held-out domain)")
+    for row in grid_axes:
+        row[0].set_ylabel("o.o.d. accuracy (held-out domain)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        ncol=3,
-        frameon=False,
-        fontsize=8,
-        bbox_to_anchor=(0.5, -0.12),
-    )
+    if spare:  # the empty panel of the grid holds the legend
+        spare[0].legend(handles, labels, loc="center", frameon=False, fontsize=9)
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
