@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vldlib.collect import dropout_table, mean_ci
+from vldlib.collect import dropout_table, mean_ci, methods_table
 
 
 def test_mean_ci_matches_student_t():
@@ -32,6 +32,26 @@ def test_dropout_table_pairs_by_seed():
     assert list(table.index) == ["a", "b", "average"]
     assert table.loc["average", "ood diff [95% CI]"] == "+0.020 [+0.020, +0.020]"
     assert table.loc["a", "seeds"] == 5
+
+
+def test_domain_average_keeps_only_seeds_with_every_domain():
+    """Seed 2 has run on the easy domain only: its lone accuracy is no domain average."""
+    rows = [
+        dict(
+            method="model", test_env=env, test_domain=domain, seed=seed, dropout=dropout,
+            ood_acc=acc, iid_acc=0.8,
+        )
+        for env, domain, acc in ((0, "easy", 0.9), (1, "hard", 0.3))
+        for seed in (0, 1, 2)
+        for dropout in (0.0, 0.9)
+        if not (seed == 2 and domain == "hard")
+    ]  # fmt: skip
+    table = dropout_table(pd.DataFrame(rows)).set_index("held-out domain")
+    assert table.loc["easy", "seeds"] == 3
+    assert table.loc["average", "seeds"] == 2
+    assert table.loc["average", "ood λ=0"] == "0.600 ± 0.000"
+    methods = methods_table(pd.DataFrame(rows), pd.DataFrame())
+    assert set(methods.average) == {"0.600 ± 0.000"}
 
 
 def test_collect_cli_writes_one_table_per_grid_selected_by_iid(tmp_path, capsys):

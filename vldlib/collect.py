@@ -74,6 +74,14 @@ def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
+def complete_seeds(runs: pd.DataFrame, n_domains: int) -> pd.DataFrame:
+    """The rows of the (dropout, method, seed) groups that have all ``n_domains`` held-out
+    domains: a domain average over fewer would mix easier and harder domains."""
+    keys = [k for k in ("dropout", "method", "seed") if k in runs]
+    counts = runs.groupby(keys).test_domain.transform("nunique")
+    return runs[counts == n_domains]
+
+
 def dropout_table(runs: pd.DataFrame, baseline: float = 0.0, method: float = 0.9) -> pd.DataFrame:
     """Per held-out domain: o.o.d. and i.i.d. accuracy (mean ± std over seeds) of the baseline
     and the method, and their paired o.o.d. difference (same seed) with a 95% CI."""
@@ -81,7 +89,10 @@ def dropout_table(runs: pd.DataFrame, baseline: float = 0.0, method: float = 0.9
     rows = []
     domains = runs.sort_values("test_env")["test_domain"].unique()
     for domain in [*domains, "average"]:
-        sub = runs if domain == "average" else runs[runs.test_domain == domain]
+        if domain == "average":
+            sub = complete_seeds(runs, len(domains))
+        else:
+            sub = runs[runs.test_domain == domain]
         # the average over domains is taken per seed, so it pairs like the domains do
         per_seed = sub.groupby(["dropout", "seed"])[["ood_acc", "iid_acc"]].mean().reset_index()
         a = per_seed[per_seed.dropout == baseline].set_index("seed")
@@ -116,7 +127,7 @@ def methods_table(runs: pd.DataFrame, combined: pd.DataFrame) -> pd.DataFrame:
         for env, domain in sorted(names.items()):
             acc = sub[sub.test_env == env].ood_acc
             row[domain] = f"{acc.mean():.3f} ± {acc.std():.3f}"
-        per_seed = sub.groupby("seed")[["ood_acc", "iid_acc"]].mean()
+        per_seed = complete_seeds(sub, len(names)).groupby("seed")[["ood_acc", "iid_acc"]].mean()
         row["average"] = f"{per_seed.ood_acc.mean():.3f} ± {per_seed.ood_acc.std():.3f}"
         row["iid"] = f"{per_seed.iid_acc.mean():.3f}"
         rows.append(row)
