@@ -35,8 +35,8 @@ test: lint chromium
 
 # The book: every notebook executed by papermill at the cpu profile into $(BOOK)/notebooks, then a
 # strict Jupyter Book build there. TRAIN=1 trains the main grid's missing runs into $(RUNS) (a run
-# whose config hash is finished is reused); TRAIN=0 only reads the committed results. EXTRA=1 also
-# trains the extension grids that are not committed (Fig. 3's rates 0.5 and 0.95, Figs. 4, 6 and
+# whose config hash is finished is reused); TRAIN=0 only reads the committed results. EXTRA=1 (which
+# implies TRAIN=1) also trains the extension grids that are not committed (Fig. 3's rates 0.5 and 0.95, Figs. 4, 6 and
 # 8: 280 runs, about 20 hours on 2 cores); without it their pages say what is missing. FORCE=1
 # recomputes everything (runs and analysis tables) into a fresh runs folder under _build/. Runs
 # that notebooks train for the analyses go to $(BOOK_ANALYSIS), which a rebuild keeps.
@@ -48,12 +48,16 @@ ifeq ($(FORCE),1)
   BOOK_RUNS := _build/runs/fresh-$(shell date +%Y%m%d-%H%M%S)
   BOOK_TABLES := None
   BOOK_ANALYSIS := $(BOOK_RUNS)-analysis
-  TRAIN := 1
-  EXTRA := 1
+  override TRAIN := 1
+  override EXTRA := 1
 else
   BOOK_RUNS := $(RUNS)
   BOOK_TABLES := ../results/analysis
   BOOK_ANALYSIS := _build/runs/analysis
+endif
+# The extension notebooks train their grid and the main runs they compare with in one pass.
+ifeq ($(EXTRA),1)
+  override TRAIN := 1
 endif
 # Paths as the notebooks see them: they run in notebooks/.
 from_notebooks = $(if $(filter /%,$(1)),$(1),../$(1))

@@ -9,7 +9,16 @@ from vldlib.__main__ import main
 from vldlib.config import make_config
 from vldlib.grids import GRIDS, LRS, PAPER_DATASETS, SEEDS, WEIGHT_DECAYS, Grid
 from vldlib.runs import RunDir, load_checkpoint, read_records
-from vldlib.sweeps import grid, run_dir, run_local, run_parallel, run_status, submit_slurm
+from vldlib.sweeps import (
+    combine_grid,
+    grid,
+    read_combined,
+    run_dir,
+    run_local,
+    run_parallel,
+    run_status,
+    submit_slurm,
+)
 
 TIMING = ("s_per_step", "s_baselines")
 
@@ -147,6 +156,20 @@ def test_parallel_jobs_give_the_in_process_results(tmp_path):
             serial / "results.jsonl"
         )
         assert final == RunDir(serial).final_record()
+
+
+def test_a_group_that_gains_seeds_is_combined_again(tmp_path):
+    base = dict(dataset="Debug", weights=None, image_size=8, test_domain_size=8, steps=4)
+    configs = [make_config("smoke", test_env=0, seed=s, **base) for s in (0, 1)]
+    run_local(configs, tmp_path, progress=False)
+    one = combine_grid(configs[:1], tmp_path)
+    assert set(one.n_models) == {1} and len(one) == 3
+    two = combine_grid(configs, tmp_path)  # same (domain, λ) group, one more seed
+    assert len(two) == 3 and set(two[two.method != "greedy_1x"].n_models) == {2}
+    assert len(read_records(tmp_path / "combined.jsonl")) == 6
+    combine_grid(configs, tmp_path)  # already computed for these runs: nothing appended
+    assert len(read_records(tmp_path / "combined.jsonl")) == 6
+    assert read_combined(tmp_path).equals(two)
 
 
 @pytest.mark.parametrize(

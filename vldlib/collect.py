@@ -14,7 +14,7 @@ from scipy import stats
 
 from vldlib.config import EXECUTION_FIELDS
 from vldlib.grids import GRIDS, HPARAM_FIELDS, Grid
-from vldlib.runs import CONFIG, RunDir, read_records
+from vldlib.runs import CONFIG, RunDir
 
 COMBINED = "combined.jsonl"  # the 1× combinations of a runs folder (``sweeps.combine_grid``)
 RESULT_COLUMNS = ("method", "test_domain", "iid_acc", "ood_acc", "run")
@@ -287,8 +287,9 @@ def collect_figures(root: str | Path, out: str | Path | None = None) -> dict[str
     """A table for every grid with finished runs in ``root``, written to ``out`` as
     ``<grid>.csv`` and ``<grid>.md`` when given."""
     runs = load_all(root)
-    path = Path(root) / COMBINED
-    combined = pd.DataFrame(read_records(path)) if path.exists() else None
+    from vldlib.sweeps import read_combined  # the launchers' imports stay out of table code
+
+    combined = read_combined(root) if (Path(root) / COMBINED).exists() else None
     tables = {}
     for name, grid in GRIDS.items():
         table = figure_table(runs, grid, combined)

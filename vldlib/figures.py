@@ -20,7 +20,7 @@ from PIL import Image
 
 from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table
 from vldlib.config import load_config, make_config
-from vldlib.runs import CONFIG, RunDir, read_records
+from vldlib.runs import CONFIG, RunDir
 
 PAPER_SOURCE = "paper v1, plot reading ±0.002"
 PAPER_DATASETS = ("VLCS", "OfficeHome", "PACS", "TerraInc")
@@ -162,7 +162,7 @@ def load_benchmark(
             values are ignored.
     """
     from vldlib.data import get_dataset
-    from vldlib.sweeps import combine_grid, grid, run_dir, run_local
+    from vldlib.sweeps import combine_grid, grid, read_combined, run_dir, run_local
 
     overrides = _overrides(**overrides)
     runs_dir = Path(runs_dir)
@@ -209,7 +209,7 @@ def load_benchmark(
     if computable and train_missing:
         combined = combine_grid(computable, runs_dir)
     else:
-        combined = pd.DataFrame(read_records(runs_dir / "combined.jsonl"))
+        combined = read_combined(runs_dir)
     if len(combined):
         keep = {(c.test_env, c.dropout) for c in complete}
         pairs = zip(combined.test_env, combined.dropout, strict=True)
@@ -1101,11 +1101,14 @@ def analysis_tables(
     test_envs: Sequence[int],
     dropouts: Sequence[float],
     weight_decays: Sequence[float],
+    weights: str | None = None,
     **overrides: Any,
 ) -> dict[str, AnalysisTable]:
     """The tables the claims rest on besides the main grid (``scratch``, ``pretraining``,
     ``linear_ft``, ``full_ft``), as the Figs. 5, 8 and 9–10 notebooks get them: committed
-    files first, finished runs reused when computing; ``full_ft`` from ``runs_dir`` always."""
+    files first, finished runs reused when computing; ``full_ft`` from ``runs_dir`` always.
+    ``weights`` is the backbone of linear fine-tuning (from scratch has none; Fig. 8 compares
+    its own two)."""
     from vldlib.analysis.linear import linear_sweep
 
     kept = _overrides(**overrides)
@@ -1115,7 +1118,14 @@ def analysis_tables(
         ),
         "pretraining": lambda: compute_pretraining(profile, analysis_dir, seeds, test_envs, **kept),
         "linear_ft": lambda: linear_sweep(
-            profile, seeds, dropouts, test_envs, weight_decays, progress=False, **kept
+            profile,
+            seeds,
+            dropouts,
+            test_envs,
+            weight_decays,
+            progress=False,
+            **kept,
+            **_overrides(weights=weights),
         ),
     }
     tables = {

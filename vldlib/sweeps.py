@@ -180,19 +180,31 @@ def combine_grid(
 ) -> pd.DataFrame:
     """The 1× combinations of the runs of each group (same ``keys`` values; other fields such
     as seeds and hyper-parameters vary within it), computed once and kept in
-    ``root/combined.jsonl``; ``compute=False`` only reads what is there."""
+    ``root/combined.jsonl``; ``compute=False`` only reads what is there. A record names the run
+    folders it combines, so a group that gains runs (more seeds) is computed again."""
     from vldlib.combine import combine_runs
 
     path = Path(root) / "combined.jsonl"
     methods = ("ens_1x", "soup_1x", "greedy_1x")
-    done = {tuple(r.get(k) for k in (*keys, "method")) for r in read_records(path)}
+    records = read_records(path)
+    done = {(*(r.get(k) for k in (*keys, "method")), tuple(r.get("runs", ()))) for r in records}
     groups: dict[tuple, list[Config]] = {}
     for c in configs:
         groups.setdefault(tuple(getattr(c, k) for k in keys), []).append(c)
     for values, group in groups.items():
-        if not compute or all((*values, m) in done for m in methods):
-            continue
         dirs = [run_dir(root, c) for c in group]
+        names = tuple(sorted(d.name for d in dirs))
+        if not compute or all((*values, m, names) in done for m in methods):
+            continue
         for record in combine_runs(dirs, group):
-            append_record(path, {**dict(zip(keys, values, strict=True)), **record})
-    return pd.DataFrame(read_records(path))
+            append_record(path, {**dict(zip(keys, values, strict=True)), **record, "runs": names})
+    return read_combined(root, keys)
+
+
+def read_combined(root: str | Path, keys: Sequence[str] = ("test_env", "dropout")) -> pd.DataFrame:
+    """``root/combined.jsonl`` with the newest record of each group (``keys``) and method."""
+    table = pd.DataFrame(read_records(Path(root) / "combined.jsonl"))
+    if not len(table):
+        return table
+    subset = [k for k in (*keys, "method") if k in table.columns]
+    return table.drop_duplicates(subset, keep="last").reset_index(drop=True)

@@ -26,8 +26,7 @@ import pandas as pd
 from vldlib.collect import finished_runs
 from vldlib.config import Config
 from vldlib.errors import ConfigError
-from vldlib.runs import read_records
-from vldlib.sweeps import combine_grid, grid, run_local
+from vldlib.sweeps import combine_grid, grid, read_combined, run_local
 
 WEIGHTS = ("rich", "plain")  # the paper's ResNet #2 and #1
 RECIPES: dict[str, dict[str, float]] = {
@@ -121,7 +120,7 @@ def pretraining_results(root: str | Path) -> pd.DataFrame:
                     }
                 )
         test_domains = {r["test_env"]: r["test_domain"] for r in rows}
-        for r in read_records(folder / "combined.jsonl"):
+        for r in read_combined(folder).to_dict("records"):
             rows.append(
                 {
                     "weights": folder.name,
