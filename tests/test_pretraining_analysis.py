@@ -1,11 +1,13 @@
 """Richer vs plainer pre-training (Fig. 8): configs, smoke runs, results and the table."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
 from vldlib.analysis import pretraining
 from vldlib.errors import ConfigError
-from vldlib.runs import append_record
+from vldlib.runs import append_record, read_records
 
 
 def test_configs_cross_backbones_and_recipes() -> None:
@@ -49,6 +51,23 @@ def test_smoke_runs_give_the_four_cells(tmp_path) -> None:
         "photo",
         False,
     )
+
+
+def test_a_diverging_run_leaves_the_other_cells(tmp_path, caplog) -> None:
+    configs = pretraining.pretraining_configs(
+        "smoke", seeds=[0], test_envs=[3], steps=3, eval_every=3, lr_milestones=[2]
+    )
+    bad = dataclasses.replace(configs[-1], lr=1e30)  # plain backbone, advanced recipe
+    results = pretraining.run_pretraining([*configs[:-1], bad], tmp_path, combine=True)
+    assert "plain backbone, advanced recipe, seed 0: non-finite" in caplog.text
+    reported = results[results.reported]
+    assert sorted(zip(reported.weights, reported.recipe, strict=True)) == [
+        ("plain", "naive"),
+        ("rich", "advanced"),
+        ("rich", "naive"),
+    ]
+    combined = read_records(tmp_path / "plain" / "combined.jsonl")
+    assert {r["dropout"] for r in combined} == {0.0}  # the diverged group is not combined
 
 
 def test_table_needs_reported_runs() -> None:

@@ -19,3 +19,7 @@ class WeightsError(VldlibError, ValueError):
 
 class RunError(VldlibError, RuntimeError):
     """A run that cannot start or go on: a finished run, a different config, a non-finite loss."""
+
+
+class DivergedError(RunError):
+    """A non-finite loss or update: the run's hyper-parameters diverge (a result for a sweep)."""

@@ -45,7 +45,7 @@ from vldlib.data.domainbed import decode_into_memory
 from vldlib.data.splits import seed_hash, split_indices, subsample
 from vldlib.data.transforms import eval_transform, train_transform
 from vldlib.ensembles import TrajectoryEnsemble
-from vldlib.errors import ConfigError, RunError, VldlibError
+from vldlib.errors import ConfigError, DivergedError, VldlibError
 from vldlib.evaluate import select_by_iid, split_accuracies, split_logits, summarise
 from vldlib.runs import RunDir, load_checkpoint, save_checkpoint
 
@@ -442,7 +442,7 @@ def train(
     for step, batch in enumerate(_unwrapped(loader), start=start + 1):
         loss = training_step(model, forward, optimizer, scheduler, batch, config, fast, device)
         if not math.isfinite(loss):
-            raise RunError(f"non-finite loss ({loss}) at step {step}; {_kept(run)}")
+            raise DivergedError(f"non-finite loss ({loss}) at step {step}; {_kept(run)}")
         loss_sum, loss_n = loss_sum + loss, loss_n + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -454,7 +454,7 @@ def train(
         if not is_eval:
             continue
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise RunError(f"non-finite weights after the update of step {step}; {_kept(run)}")
+            raise DivergedError(f"non-finite weights after the update of step {step}; {_kept(run)}")
 
         # 4) evaluate the model, then the baselines riding along its trajectory
         with fast.autocast(device):

@@ -17,6 +17,8 @@ Runs of one backbone live in ``root/<weights label>/``, so that ``vldlib.sweeps.
 which groups runs by held-out domain and dropout, never mixes two pre-trainings.
 """
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ import pandas as pd
 
 from vldlib.collect import finished_runs
 from vldlib.config import Config
-from vldlib.errors import ConfigError
+from vldlib.errors import ConfigError, DivergedError
 from vldlib.sweeps import combine_grid, grid, read_combined, run_local
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = ("rich", "plain")  # the paper's ResNet #2 and #1
 RECIPES: dict[str, dict[str, float]] = {
@@ -83,14 +87,33 @@ def run_pretraining(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run (or read, when finished) the configs, each backbone under ``root/<label>``; with
-    ``combine``, also the 1× combinations of each group. Returns ``pretraining_results(root)``."""
+    ``combine``, also the 1× combinations of each group. Returns ``pretraining_results(root)``.
+
+    A run that diverges (non-finite loss) is a result of its recipe, not a crash of the
+    comparison: it is logged and left unfinished (a rerun tries it again), and the table has
+    the other runs; a group with a diverged run gets no 1× combination."""
     by_weights: dict[str, list[Config]] = {}
     for c in configs:
         by_weights.setdefault(weights_label(c.weights), []).append(c)
     for label, group in by_weights.items():
-        run_local(group, Path(root) / label, progress)
+        finished = []
+        for config in group:
+            try:
+                run_local([config], Path(root) / label, progress)
+                finished.append(config)
+            except DivergedError as e:
+                log.warning(
+                    "%s backbone, %s recipe, seed %d: %s",
+                    label,
+                    recipe_of(dataclasses.asdict(config)),
+                    config.seed,
+                    e,
+                )
         if combine:
-            combine_grid(group, Path(root) / label)
+            diverged = {(c.test_env, c.dropout) for c in group if c not in finished}
+            combine_grid(
+                [c for c in finished if (c.test_env, c.dropout) not in diverged], Path(root) / label
+            )
     return pretraining_results(root)
 
 
