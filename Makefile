@@ -35,9 +35,10 @@ test: lint chromium
 
 # The book: every notebook executed by papermill at the cpu profile into $(BOOK)/notebooks, then a
 # strict Jupyter Book build there. TRAIN=1 trains the main grid's missing runs into $(RUNS) (a run
-# whose config hash is finished is reused); TRAIN=0 only reads the committed results. EXTRA=1 (which
-# implies TRAIN=1) also trains the extension grids that are not committed (Fig. 3's rates 0.5 and 0.95, Figs. 4, 6 and
-# 8: 280 runs, about 20 hours on 2 cores); without it their pages say what is missing. FORCE=1
+# whose config hash is finished is reused); TRAIN=0 only reads the committed results. EXTRA=1
+# (which implies TRAIN=1) also trains the extension grids that are not committed (Fig. 3's rates
+# 0.5 and 0.95, Figs. 4, 6 and 8: 280 runs, about 13 hours on 2 cores); without it their pages say
+# what is missing. FORCE=1
 # recomputes everything (runs and analysis tables) into a fresh runs folder under _build/. Runs
 # that notebooks train for the analyses go to $(BOOK_ANALYSIS), which a rebuild keeps.
 BOOK := _build/book
