@@ -8,6 +8,7 @@ import pytest
 from vldlib.analysis import pretraining
 from vldlib.errors import ConfigError
 from vldlib.runs import append_record, read_records
+from vldlib.sweeps import run_dir
 
 
 def test_configs_cross_backbones_and_recipes() -> None:
@@ -59,7 +60,7 @@ def test_a_diverging_run_leaves_the_other_cells(tmp_path, caplog) -> None:
     )
     bad = dataclasses.replace(configs[-1], lr=1e30)  # plain backbone, advanced recipe
     results = pretraining.run_pretraining([*configs[:-1], bad], tmp_path, combine=True)
-    assert "plain backbone, advanced recipe, seed 0: non-finite" in caplog.text
+    assert f"plain/{run_dir(tmp_path, bad).name}: non-finite" in caplog.text
     reported = results[results.reported]
     assert sorted(zip(reported.weights, reported.recipe, strict=True)) == [
         ("plain", "naive"),

@@ -6,13 +6,13 @@ import pytest
 
 import vldlib.train
 from vldlib.__main__ import main
+from vldlib.collect import read_combined
 from vldlib.config import make_config
 from vldlib.grids import GRIDS, LRS, PAPER_DATASETS, SEEDS, WEIGHT_DECAYS, Grid
 from vldlib.runs import RunDir, load_checkpoint, read_records
 from vldlib.sweeps import (
     combine_grid,
     grid,
-    read_combined,
     run_dir,
     run_local,
     run_parallel,

@@ -265,7 +265,8 @@ def claims_rows(
         )
     for m in COMBINED_METHODS:
         effect = _by_domain_effect(bench, (0.9, "model"), (0.9, m))
-        rows.append(Row(6, f"{METHOD_LABELS[m]} of λ=0.9 − VLD, per domain", fig7, effect, started))
+        label = f"{METHOD_LABELS[m]} of λ=0.9 − VLD, per domain"
+        rows.append(Row(6, label, fig7, effect, started))
 
     if linear is not None and full is not None:
         at = {"dropout": 0.9, "selection": "iid"}

@@ -4,7 +4,7 @@ Reads only run folders (config.json + results.jsonl), never models.
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from scipy import stats
 
 from vldlib.config import EXECUTION_FIELDS
 from vldlib.grids import GRIDS, HPARAM_FIELDS, Grid
-from vldlib.runs import CONFIG, RunDir
+from vldlib.runs import CONFIG, RunDir, read_records
 
 COMBINED = "combined.jsonl"  # the 1× combinations of a runs folder (``sweeps.combine_grid``)
 RESULT_COLUMNS = ("method", "test_domain", "iid_acc", "ood_acc", "run")
@@ -287,8 +287,6 @@ def collect_figures(root: str | Path, out: str | Path | None = None) -> dict[str
     """A table for every grid with finished runs in ``root``, written to ``out`` as
     ``<grid>.csv`` and ``<grid>.md`` when given."""
     runs = load_all(root)
-    from vldlib.sweeps import read_combined  # the launchers' imports stay out of table code
-
     combined = read_combined(root) if (Path(root) / COMBINED).exists() else None
     tables = {}
     for name, grid in GRIDS.items():
@@ -318,3 +316,12 @@ def to_markdown(table: pd.DataFrame) -> str:
         elif column in COUNT_COLUMNS:
             shown[column] = [f"{v:.0f}" if pd.notna(v) else "" for v in table[column]]
     return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def read_combined(root: str | Path, keys: Sequence[str] = ("test_env", "dropout")) -> pd.DataFrame:
+    """``root/combined.jsonl`` with the newest record of each group (``keys``) and method."""
+    table = pd.DataFrame(read_records(Path(root) / COMBINED))
+    if not len(table):
+        return table
+    subset = [k for k in (*keys, "method") if k in table.columns]
+    return table.drop_duplicates(subset, keep="last").reset_index(drop=True)

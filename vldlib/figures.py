@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 from PIL import Image
 
-from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table
+from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table, read_combined
 from vldlib.config import load_config, make_config
 from vldlib.runs import CONFIG, RunDir
 
@@ -75,7 +75,8 @@ class Benchmark:
 
     ``status`` has one row per expected run (``finished``, ``in progress`` when its folder holds no
     ``done`` marker yet, ``not run``); ``runs`` holds ``collect.load_runs`` rows of the finished
-    ones only; ``combined`` the 1× combinations of the (domain, λ) groups whose seeds all finished.
+    ones only; ``combined`` the 1× combinations of the (domain, λ) groups whose seeds all
+    finished.
     """
 
     profile: str
@@ -162,7 +163,7 @@ def load_benchmark(
             values are ignored.
     """
     from vldlib.data import get_dataset
-    from vldlib.sweeps import combine_grid, grid, read_combined, run_dir, run_local
+    from vldlib.sweeps import combine_grid, grid, run_dir, run_local
 
     overrides = _overrides(**overrides)
     runs_dir = Path(runs_dir)
@@ -376,8 +377,9 @@ def preview(dataset: str = "AnimalStyles", per_class: int = 1) -> Image.Image:
 
 def plot_iid_ood(bench: Benchmark, baseline: float = 0.0, method: float = 0.9) -> plt.Figure:
     """Fig. 2: every run as a point (i.i.d. validation, held-out accuracy), one panel per held-out
-    domain plus the per-seed average; plain fine-tuning (λ = baseline, ●), VLD (λ = method, ◆),
-    the baseline's trajectory averages/ensembles (★/▲ 1296×) and 1× soup/ensemble (★/▲ 1×)."""
+    domain plus the per-seed average; plain fine-tuning (λ = baseline, ●), VLD (λ =
+    method, ◆), the baseline's trajectory averages/ensembles (★/▲ 1296×) and 1× soup and
+    ensemble (★/▲ 1×)."""
     names = [*bench.held_out, "average"]
     ncols = min(3, len(names))
     nrows = -(-len(names) // ncols)
@@ -697,8 +699,8 @@ def decomposition_table(
 
 
 def plot_decomposition(table: pd.DataFrame) -> plt.Figure:
-    """Each part's share ⟨part, Φ⟩/‖Φ‖² of the representation, per backbone (mean over domains,
-    the bar's line spans the domains)."""
+    """Each part's share ⟨part, Φ⟩/‖Φ‖² of the representation, per backbone (mean over
+    domains, the bar's line spans the domains)."""
     parts = [c for c in table.columns if c == "entry" or c.startswith("block")]
     long = table.melt(
         id_vars=["weights", "domain"], value_vars=parts, var_name="part", value_name="share"

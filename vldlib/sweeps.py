@@ -18,8 +18,10 @@ import pandas as pd
 import submitit
 from tqdm.auto import tqdm
 
+from vldlib.collect import read_combined
 from vldlib.config import Config, load_config, make_config
 from vldlib.data import MultiDomainData, get_dataset
+from vldlib.errors import DivergedError
 from vldlib.grids import domains_of
 from vldlib.runs import RunDir, append_record, read_records
 
@@ -64,9 +66,14 @@ def unfinished(configs: Iterable[Config], root: str | Path) -> list[tuple[Config
 
 
 def run_local(
-    configs: Iterable[Config], root: str | Path, progress: bool = True
-) -> list[dict[str, Any]]:
-    """Run configs one after another in this process; finished runs are read, not redone."""
+    configs: Iterable[Config],
+    root: str | Path,
+    progress: bool = True,
+    skip_diverged: bool = False,
+) -> list[dict[str, Any] | None]:
+    """Run configs one after another in this process; finished runs are read, not redone. With
+    ``skip_diverged``, a run whose loss turns non-finite is logged, left unfinished (a rerun
+    tries it again) and gives ``None``; the sweep goes on."""
     from vldlib.train import train
 
     configs = list(configs)
@@ -82,7 +89,13 @@ def run_local(
         if RunDir(folder).is_done():
             finals.append(RunDir(folder).final_record())
             continue
-        finals.append(train(config, folder, progress=False, data=datasets[key]))
+        try:
+            finals.append(train(config, folder, progress=False, data=datasets[key]))
+        except DivergedError as e:
+            if not skip_diverged:
+                raise
+            log.warning("%s: %s", folder, e)
+            finals.append(None)
     return finals
 
 
@@ -199,12 +212,3 @@ def combine_grid(
         for record in combine_runs(dirs, group):
             append_record(path, {**dict(zip(keys, values, strict=True)), **record, "runs": names})
     return read_combined(root, keys)
-
-
-def read_combined(root: str | Path, keys: Sequence[str] = ("test_env", "dropout")) -> pd.DataFrame:
-    """``root/combined.jsonl`` with the newest record of each group (``keys``) and method."""
-    table = pd.DataFrame(read_records(Path(root) / "combined.jsonl"))
-    if not len(table):
-        return table
-    subset = [k for k in (*keys, "method") if k in table.columns]
-    return table.drop_duplicates(subset, keep="last").reset_index(drop=True)

@@ -4,8 +4,9 @@ Along α ∈ [0, 1] the paper compares two paths from the fine-tuned model (α =
 pre-trained one (α = 1):
 
     weights:         the network with weights α·θ_pre + (1 − α)·θ_ft;
-    representation:  W_α·(α·Φ_pre(x) + (1 − α)·Φ_ft(x)) + b_α, with W_α, b_α = α·(W, b)_pre +
-                     (1 − α)·(W, b)_ft: the last layer is interpolated in both paths.
+    representation:  W_α·(α·Φ_pre(x) + (1 − α)·Φ_ft(x)) + b_α, with
+                     W_α, b_α = α·(W, b)_pre + (1 − α)·(W, b)_ft: the last layer is
+                     interpolated in both paths.
 
 If fine-tuning stays in the linear regime of §3.2, Φ(x; θ) is affine in θ along the path and the
 two curves agree; the paper finds they do after a mild fine-tuning and part after a long one.
@@ -67,8 +68,8 @@ def _check_pair(pre: nn.Module, ft: nn.Module) -> None:
 
 
 def weight_interpolation(pre: nn.Module, ft: nn.Module, alpha: float) -> nn.Module:
-    """A new model with weights α·θ_pre + (1 − α)·θ_ft (floating tensors; integer buffers such as
-    BatchNorm's batch counter are the fine-tuned model's), in eval mode."""
+    """A new model with weights α·θ_pre + (1 − α)·θ_ft (floating tensors; integer buffers
+    such as BatchNorm's batch counter are the fine-tuned model's), in eval mode."""
     alpha = check_alpha(alpha)
     _check_pair(pre, ft)
     sp = pre.state_dict()
@@ -93,7 +94,7 @@ def _mixed_logits(
 def representation_interpolation(
     pre: nn.Module, ft: nn.Module, alpha: float, x: torch.Tensor
 ) -> torch.Tensor:
-    """Logits W_α·(α·Φ_pre(x) + (1 − α)·Φ_ft(x)) + b_α on the batch ``x`` (no dropout)."""
+    """Logits W_α·(α·Φ_pre(x) + (1 − α)·Φ_ft(x)) + b_α on the batch ``x``, no dropout."""
     alpha = check_alpha(alpha)
     _check_pair(pre, ft)
     phi_pre, phi_ft = pooled_features(pre, [x]), pooled_features(ft, [x])

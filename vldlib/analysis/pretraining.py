@@ -4,7 +4,7 @@ The paper fine-tunes two ImageNet ResNet50s, #1 (torchvision V1, the plain He et
 #2 (V2, a rich recipe), in two ways:
 
     naive:    plain fine-tuning, no dropout (●);
-    advanced: very large dropout (0.9) + 10× learning rate on the last layer + weight averaging (◆).
+    advanced: very large dropout (0.9) + 10× last-layer learning rate + weight averaging (◆).
 
 Its finding: on 3 of 4 datasets advanced fine-tuning of #1 barely matches naive fine-tuning of
 #2: richer pre-training beats sophisticated fine-tuning. Here the two backbones are the shipped
@@ -17,20 +17,16 @@ Runs of one backbone live in ``root/<weights label>/``, so that ``vldlib.sweeps.
 which groups runs by held-out domain and dropout, never mixes two pre-trainings.
 """
 
-import dataclasses
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from vldlib.collect import finished_runs
+from vldlib.collect import finished_runs, read_combined
 from vldlib.config import Config
-from vldlib.errors import ConfigError, DivergedError
-from vldlib.sweeps import combine_grid, grid, read_combined, run_local
-
-log = logging.getLogger(__name__)
+from vldlib.errors import ConfigError
+from vldlib.sweeps import combine_grid, grid, run_local
 
 WEIGHTS = ("rich", "plain")  # the paper's ResNet #2 and #1
 RECIPES: dict[str, dict[str, float]] = {
@@ -49,7 +45,7 @@ def weights_label(weights: str | None) -> str:
 
 
 def recipe_of(config: dict[str, Any]) -> str:
-    """The recipe a run's config follows, ``naive`` or ``advanced``; else ``dropout=…, lr×…``."""
+    """The recipe of a run's config: ``naive``, ``advanced``, else ``dropout=…, lr×…``."""
     for name, fields in RECIPES.items():
         if all(config[k] == v for k, v in fields.items()):
             return name
@@ -96,24 +92,13 @@ def run_pretraining(
     for c in configs:
         by_weights.setdefault(weights_label(c.weights), []).append(c)
     for label, group in by_weights.items():
-        finished = []
-        for config in group:
-            try:
-                run_local([config], Path(root) / label, progress)
-                finished.append(config)
-            except DivergedError as e:
-                log.warning(
-                    "%s backbone, %s recipe, seed %d: %s",
-                    label,
-                    recipe_of(dataclasses.asdict(config)),
-                    config.seed,
-                    e,
-                )
+        finals = run_local(group, Path(root) / label, progress, skip_diverged=True)
         if combine:
-            diverged = {(c.test_env, c.dropout) for c in group if c not in finished}
-            combine_grid(
-                [c for c in finished if (c.test_env, c.dropout) not in diverged], Path(root) / label
-            )
+            diverged = {
+                (c.test_env, c.dropout) for c, f in zip(group, finals, strict=True) if f is None
+            }
+            kept = [c for c in group if (c.test_env, c.dropout) not in diverged]
+            combine_grid(kept, Path(root) / label)
     return pretraining_results(root)
 
 

@@ -74,9 +74,9 @@ def starvation_tables(
 
 
 def decomposition_exactness(n_images: int = 64, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """``decomposition_exactness``: max |entry + Σ φ_k − Φ| per backbone. VLDNet with its shipped
-    weights on benchmark images; ResNet-18s (timm, torchvision) randomly initialised (no weights
-    can be downloaded here) on seeded Gaussian 224×224 inputs."""
+    """``decomposition_exactness``: max |entry + Σ φ_k − Φ| per backbone. VLDNet with its
+    shipped weights on benchmark images; ResNet-18s (timm, torchvision) randomly initialised
+    (no weights can be downloaded here) on seeded Gaussian 224×224 inputs."""
     data = get_dataset("AnimalStyles")
     tf = eval_transform(data.image_size, data.channels)
     images = torch.stack([tf(data.envs[0][i][0]) for i in range(n_images)])  # (N, 1, H, W)
@@ -178,8 +178,8 @@ def interpolation_tables(
 
 def interpolation_gaps(curve: pd.DataFrame) -> pd.DataFrame:
     """How far the two paths of an ``interpolation`` table part: per (finetuning, pre_head) and
-    accuracy, the mean and max over α of |representation − weights|. Fig. 1's claim is a small gap
-    after a mild fine-tuning and a larger one after a long one."""
+    accuracy, the mean and max over α of |representation − weights|. Fig. 1's claim is a small
+    gap after a mild fine-tuning and a larger one after a long one."""
     keys = ["finetuning", "pre_head", "alpha"]
     wide = curve.pivot_table(index=keys, columns="kind", values=["iid_acc", "ood_acc"])
     gaps = (wide.xs("representation", axis=1, level=1) - wide.xs("weights", axis=1, level=1)).abs()
