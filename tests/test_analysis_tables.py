@@ -57,15 +57,20 @@ def test_linear_summary_keeps_pairs_with_every_full_dropout() -> None:
     assert summary.loc[("linear", 0.9), "ood_acc"] == pytest.approx(0.4)
 
 
-def test_interpolation_tables_train_a_mild_run(runs, tmp_path) -> None:
-    long_run = tables.runs_with_checkpoints(runs)[0]
-    curve = tables.interpolation_tables(long_run, tmp_path, 3, ["finetuned"])["interpolation"]
+def test_interpolation_tables_train_a_mild_run_per_long_run(runs, tmp_path) -> None:
+    long_runs = tables.runs_with_checkpoints(runs)  # λ = 0 and 0.9, seed 0
+    curve = tables.interpolation_tables(long_runs, tmp_path, 3, ["finetuned"])["interpolation"]
     assert set(curve.finetuning) == {"mild", "long"} and set(curve.pre_head) == {"finetuned"}
     assert set(curve[curve.finetuning == "mild"].steps) == {3}
+    assert set(curve.long_run) == {p.name for p in long_runs} and set(curve.test_domain) == {
+        "sketch"
+    }
     gaps = tables.interpolation_gaps(curve)
-    assert len(gaps) == 2 and (gaps.iid_acc_gap_max >= gaps.iid_acc_gap_mean).all()
-    (mild,) = (tmp_path / "trained" / "mild").iterdir()
-    assert (mild / "done").exists()
+    assert len(gaps) == 2 * 2 and (gaps.iid_acc_gap_max >= gaps.iid_acc_gap_mean).all()
+    mild = sorted((tmp_path / "trained" / "mild").iterdir())
+    assert len(mild) == 2 and all((m / "done").exists() for m in mild)
+    with pytest.raises(RunError, match="at least one"):
+        tables.interpolation_tables([], tmp_path)
 
 
 def test_interpolation_gaps() -> None:
@@ -89,3 +94,49 @@ def test_cli_writes_tables_and_reports_errors(runs, tmp_path, capsys) -> None:
     assert "no finished run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["interpolation", "--out", str(tmp_path)])
+
+
+def test_interpolation_gap_table_pairs_mild_and_long_per_run() -> None:
+    from vldlib.figures import AnalysisTable, interpolation_gap
+
+    rows = [
+        dict(long_run=f"r{s}", seed=s, finetuning=f, pre_head="probe", alpha=a, kind=k,
+             iid_acc=0.5, ood_acc=0.5 + (gap * s if k == "weights" and a == 0.5 else 0.0))
+        for s in (1, 2, 3)
+        for f, gap in (("mild", 0.1), ("long", 0.3))
+        for a in (0.0, 0.5)
+        for k in ("weights", "representation")
+    ]  # fmt: skip
+    out = interpolation_gap(AnalysisTable("interpolation", pd.DataFrame(rows), "test"))
+    long = out[out["fine-tuning"] == "long"].iloc[0]
+    assert long.runs == 3 and long["max |gap| [95% CI]"].startswith("0.600 [")
+    # mean over α of the long gap minus the mild one: (0.3 − 0.1)·s / 2 = 0.1·s, mean 0.2
+    assert long["mean |gap| change from mild [95% CI]"].startswith("+0.200 [")
+    assert out[out["fine-tuning"] == "mild"].iloc[0]["mean |gap| change from mild [95% CI]"] == (
+        "reference"
+    )
+
+
+def test_a_table_computed_once_is_read_from_its_cache(tmp_path) -> None:
+    from vldlib.figures import analysis_table, linear_inputs, table_cache
+
+    calls = []
+
+    def compute() -> pd.DataFrame:
+        calls.append(1)
+        return pd.DataFrame({"ood_acc": [0.5, 0.25]})
+
+    inputs = linear_inputs("smoke", [0, 1], [0.0, 0.9], [0], [1e-4], dataset=None)
+    cache = table_cache(tmp_path, "linear_ft", **inputs)
+    assert cache != table_cache(tmp_path, "linear_ft", **(inputs | {"seeds": [0]}))
+    first = analysis_table("linear_ft", None, compute, True, cache=cache)
+    second = analysis_table("linear_ft", None, compute, False, cache=cache)
+    assert calls == [1] and "computed earlier" in second.source
+    pd.testing.assert_frame_equal(first.frame, second.frame)
+    # a committed table comes first
+    (tmp_path / "committed").mkdir()
+    pd.DataFrame({"ood_acc": [0.9]}).to_csv(tmp_path / "committed" / "linear_ft.csv", index=False)
+    assert (
+        len(analysis_table("linear_ft", tmp_path / "committed", compute, True, cache=cache).frame)
+        == 1
+    )

@@ -163,3 +163,11 @@ def test_pages_render_in_chromium(built: Path, server: str, tmp_path: Path) -> N
             timeout=120,
         )
         assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {page}"
+
+
+def test_the_claims_page_reads_the_extension_figures_grid() -> None:
+    profiles = ROOT / "notebooks" / "profiles"
+    cpu = yaml.safe_load((profiles / "cpu.yaml").read_text())
+    small = yaml.safe_load((profiles / "cpu_extensions.yaml").read_text())
+    assert cpu["extension_seeds"] == small["seeds"]
+    assert cpu["extension_test_envs"] == small["test_envs"]

@@ -4,7 +4,7 @@ Reads only run folders (config.json + results.jsonl), never models.
 """
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +325,24 @@ def read_combined(root: str | Path, keys: Sequence[str] = ("test_env", "dropout"
         return table
     subset = [k for k in (*keys, "method") if k in table.columns]
     return table.drop_duplicates(subset, keep="last").reset_index(drop=True)
+
+
+def combined_of(
+    root: str | Path,
+    groups: Mapping[tuple, Sequence[str]],
+    keys: Sequence[str] = ("test_env", "dropout"),
+) -> pd.DataFrame:
+    """The records of ``root/combined.jsonl`` that combine exactly the run folders ``groups``
+    gives for their group (``keys`` values -> folder names), the newest per group and method.
+    A record made from another set of runs (fewer seeds, or one predating the ``runs`` field)
+    is left out rather than shown as this grid's."""
+    table = pd.DataFrame(read_records(Path(root) / COMBINED))
+    if not len(table) or "runs" not in table:
+        return pd.DataFrame()
+    wanted = {tuple(g): tuple(sorted(names)) for g, names in groups.items()}
+    mask = [
+        isinstance(r, list | tuple) and wanted.get(tuple(g)) == tuple(r)
+        for g, r in zip(table[list(keys)].itertuples(index=False), table.runs, strict=True)
+    ]
+    table = table[mask]
+    return table.drop_duplicates([*keys, "method"], keep="last").reset_index(drop=True)

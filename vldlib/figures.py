@@ -6,6 +6,7 @@ alone, and then says which runs are missing. The paper's numbers shown beside ou
 readings of arXiv v1 (``PAPER_FIG2_1X``, ``PAPER_FIG3``); the paper has no numeric table.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from PIL import Image
 
-from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table, read_combined
+from vldlib.collect import combined_of, load_runs, loss_plateau, mean_ci, methods_table
 from vldlib.config import load_config, make_config
 from vldlib.runs import CONFIG, RunDir
 
@@ -208,17 +209,13 @@ def load_benchmark(
     }
     computable = [c for c in complete if (c.test_env, c.dropout) not in absent]
     if computable and train_missing:
-        combined = combine_grid(computable, runs_dir)
-    else:
-        combined = read_combined(runs_dir)
-    if len(combined):
-        keep = {(c.test_env, c.dropout) for c in complete}
-        pairs = zip(combined.test_env, combined.dropout, strict=True)
-        # combined.jsonl keys groups by (domain, λ) only: one made from another seed set (a
-        # smaller grid over the same folder) does not count here.
-        ens = combined[combined.method == "ens_1x"].set_index(["test_env", "dropout"]).n_models
-        keep = {g for g in keep if ens.get(g) == len(seeds)}
-        combined = combined[[p in keep for p in pairs]].reset_index(drop=True)
+        combine_grid(computable, runs_dir)
+    # Only records of exactly this grid's runs: a group combined from another seed set (a
+    # smaller grid over the same folder) neither counts nor hides this one.
+    groups: dict[tuple, list[str]] = {}
+    for c in complete:
+        groups.setdefault((c.test_env, c.dropout), []).append(run_dir(runs_dir, c, data).name)
+    combined = combined_of(runs_dir, groups)
     shown = set(zip(combined.test_env, combined.dropout, strict=True)) if len(combined) else set()
     if absent - shown:
         notes.append(
@@ -779,18 +776,31 @@ def analysis_table(
     compute: Callable[[], pd.DataFrame],
     train_missing: bool,
     command: str | None = None,
+    cache: str | Path | None = None,
 ) -> AnalysisTable:
     """The table ``name``: read from ``tables_dir/name.csv`` when that file exists (results that
-    ``python -m vldlib.analysis`` wrote), else ``compute()`` if ``train_missing``, else absent.
+    ``python -m vldlib.analysis`` wrote), else from ``cache`` when a notebook computed it
+    already, else ``compute()`` if ``train_missing`` (written to ``cache``), else absent.
 
-    ``command``: the ``python -m vldlib.analysis`` name that writes the file (default ``name``).
+    ``command``: the ``python -m vldlib.analysis`` name that writes the file (default ``name``);
+    ``cache``: a CSV path named after the computation's inputs (``table_cache``), so that two
+    notebooks of one book build (Figs. 9–10 and the claims page) compute a table once.
     """
     path = Path(tables_dir) / f"{name}.csv" if tables_dir is not None else None
     if path is not None and path.exists():
         frame = pd.read_csv(path)
         return AnalysisTable(name, frame, f"{name}: {len(frame)} rows read from {path}.")
+    if cache is not None and Path(cache).exists():
+        frame = pd.read_csv(cache)
+        source = f"{name}: {len(frame)} rows computed earlier in this build ({cache})."
+        return AnalysisTable(name, frame, source)
     if train_missing:
         frame = compute()
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{cache}.tmp")
+            frame.to_csv(tmp, index=False)
+            tmp.replace(cache)  # atomic: a crash leaves no half-written cache
         return AnalysisTable(name, frame, f"{name}: {len(frame)} rows computed by this notebook.")
     return AnalysisTable(
         name,
@@ -799,6 +809,14 @@ def analysis_table(
         f"`python -m vldlib.analysis {command or name}` writes it; or run this notebook with "
         "train_missing=True.",
     )
+
+
+def table_cache(analysis_dir: str | Path, name: str, **inputs: Any) -> Path:
+    """Where a notebook keeps the table ``name`` computed from ``inputs`` (profile, grid,
+    overrides): ``analysis_dir/tables/<name>-<hash of the inputs>.csv``."""
+    key = json.dumps(inputs, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(analysis_dir) / "tables" / f"{name}-{digest}.csv"
 
 
 def full_table(runs_dir: str | Path) -> AnalysisTable:
@@ -857,7 +875,8 @@ def rate_table(table: AnalysisTable, by: str = "dropout", **where: Any) -> pd.Da
 
 def plot_interpolation(table: AnalysisTable) -> plt.Figure:
     """Fig. 1: o.o.d. accuracy along weight and representation interpolation, one panel per
-    fine-tuning length (mild, long); line style: the pre-trained end's last layer."""
+    fine-tuning length (mild, long); line style: the pre-trained end's last layer; with several
+    seeds, the mean and its 95% interval."""
     xlabel, ylabel = "α (0: fine-tuned, 1: pre-trained)", "o.o.d. accuracy (held-out domain)"
     if table.frame is None:
         return _placeholder("Fig. 1", table.source, xlabel, ylabel)
@@ -867,26 +886,43 @@ def plot_interpolation(table: AnalysisTable) -> plt.Figure:
     for ax, name in zip(axes[0], names, strict=True):
         sub = frame[frame.finetuning == name]
         sns.lineplot(sub, x="alpha", y="ood_acc", hue="kind", style="pre_head", marker="o", ax=ax)
-        steps, run = int(sub.steps.iloc[0]), sub.run.iloc[0]
-        ax.set(title=f"{name} fine-tuning ({steps} steps): {run}", xlabel=xlabel, ylabel=ylabel)
+        where = ", ".join(sorted(set(sub.test_domain))) if "test_domain" in sub else "?"
+        title = f"{name} ({int(sub.steps.iloc[0])} steps), held-out {where}"
+        ax.set(title=f"{title}, {sub.run.nunique()} run(s)", xlabel=xlabel, ylabel=ylabel)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def interpolation_gap(table: AnalysisTable) -> pd.DataFrame:
-    """Per fine-tuning length and pre-trained head: the largest and mean |o.o.d. gap| between
-    the weight and representation paths over α, beside what the paper shows."""
+    """Per pre-trained head and fine-tuning length: the mean and largest |o.o.d. gap| between
+    the weight and representation paths over α (mean [95% CI] over seeds), the paired change of
+    the mean gap from mild to long, and what the paper shows."""
+    from vldlib.analysis.tables import interpolation_gaps
+
     if table.frame is None:
         return pd.DataFrame({"status": [table.source]})
-    wide = table.frame.pivot_table(
-        index=["finetuning", "pre_head", "alpha"], columns="kind", values="ood_acc"
-    )
-    gap = (wide.iloc[:, 0] - wide.iloc[:, 1]).abs().groupby(level=[0, 1], sort=False)
-    out = pd.DataFrame({"max |gap|": gap.max(), "mean |gap|": gap.mean()}).reset_index()
+    gaps = interpolation_gaps(table.frame)
+    pair = "long_run" if "long_run" in gaps else "seed"  # the long run its mild one copies
     paper = {"mild": "curves agree", "long": "curves diverge"}
-    out[f"paper ({PAPER_SOURCE})"] = out.finetuning.map(paper).fillna("—") + " (not read)"
-    return out
+    rows = []
+    for (head, name), sub in gaps.groupby(["pre_head", "finetuning"], sort=False):
+        mild = gaps[(gaps.pre_head == head) & (gaps.finetuning == "mild")]
+        change = paired_text(
+            mild.set_index(pair).ood_acc_gap_mean, sub.set_index(pair).ood_acc_gap_mean
+        )
+        rows.append(
+            {
+                "pre-trained head": head,
+                "fine-tuning": name,
+                "runs": len(sub),
+                "mean |gap| [95% CI]": ci_text(sub.ood_acc_gap_mean),
+                "max |gap| [95% CI]": ci_text(sub.ood_acc_gap_max),
+                "mean |gap| change from mild [95% CI]": "reference" if name == "mild" else change,
+                f"paper ({PAPER_SOURCE})": paper.get(name, "—") + " (not read)",
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def plot_rates(table: AnalysisTable, what: str, **where: Any) -> plt.Figure:
@@ -1045,22 +1081,22 @@ def compute_interpolation(
     out_dir: str | Path,
     test_env: int = 0,
     dropout: float = 0.9,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     **overrides: Any,
 ) -> pd.DataFrame:
-    """Fig. 1's table (``analysis.tables.interpolation_tables``): the main grid's run of
-    (``test_env``, ``dropout``, ``seed``), trained first if missing, is the long fine-tuning; the
-    mild one (a sixth of its steps) goes under ``out_dir``."""
+    """Fig. 1's table (``analysis.tables.interpolation_tables``): the main grid's runs of
+    (``test_env``, ``dropout``, each of ``seeds``), trained first if missing, are the long
+    fine-tunings; the mild ones (a sixth of their steps) go under ``out_dir``."""
     from vldlib.analysis.tables import interpolation_tables
     from vldlib.sweeps import grid, run_dir, run_local
 
-    configs = grid(profile, [seed], [dropout], [test_env], **_overrides(**overrides))
+    configs = grid(profile, list(seeds), [dropout], [test_env], **_overrides(**overrides))
     run_local(configs, runs_dir, progress=False)
     # deviation from paper: "mild" is the same run stopped early (a sixth of its steps, no lr
     # decay); the paper's mild CLIP model had a 10× smaller lr and fewer epochs.
     mild_steps = max(1, configs[0].steps // 6)
-    frame = interpolation_tables(run_dir(runs_dir, configs[0]), out_dir, mild_steps)
-    return frame["interpolation"]
+    long_runs = [run_dir(runs_dir, c) for c in configs]
+    return interpolation_tables(long_runs, out_dir, mild_steps)["interpolation"]
 
 
 def compute_scratch(
@@ -1093,6 +1129,27 @@ def compute_pretraining(
     return run_pretraining(configs, Path(out_dir) / "runs" / "pretraining", progress=False)
 
 
+def linear_inputs(
+    profile: str,
+    seeds: Sequence[int],
+    rates: Sequence[float],
+    test_envs: Sequence[int],
+    weight_decays: Sequence[float],
+    weights: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """What linear fine-tuning's table depends on, as Figs. 9–10 and the claims page name it:
+    the key of its ``table_cache``."""
+    return {
+        "profile": profile,
+        "seeds": [int(s) for s in seeds],
+        "rates": [float(r) for r in rates],
+        "test_envs": [int(e) for e in test_envs],
+        "weight_decays": [float(w) for w in weight_decays],
+        **_overrides(weights=weights, **overrides),
+    }
+
+
 def analysis_tables(
     profile: str,
     runs_dir: str | Path,
@@ -1104,21 +1161,28 @@ def analysis_tables(
     dropouts: Sequence[float],
     weight_decays: Sequence[float],
     weights: str | None = None,
+    extension_seeds: Sequence[int] | None = None,
+    extension_test_envs: Sequence[int] | None = None,
     **overrides: Any,
 ) -> dict[str, AnalysisTable]:
     """The tables the claims rest on besides the main grid (``scratch``, ``pretraining``,
     ``linear_ft``, ``full_ft``), as the Figs. 5, 8 and 9–10 notebooks get them: committed
     files first, finished runs reused when computing; ``full_ft`` from ``runs_dir`` always.
     ``weights`` is the backbone of linear fine-tuning (from scratch has none; Fig. 8 compares
-    its own two)."""
+    its own two). From scratch and Fig. 8 run on ``extension_seeds`` × ``extension_test_envs``
+    (default: ``seeds`` × ``test_envs``), as their notebooks do in the cpu book."""
     from vldlib.analysis.linear import linear_sweep
 
     kept = _overrides(**overrides)
+    ext_seeds = seeds if extension_seeds is None else extension_seeds
+    ext_envs = test_envs if extension_test_envs is None else extension_test_envs
     computations = {
         "scratch": lambda: compute_scratch(
-            profile, analysis_dir, seeds, test_envs, dropouts, **kept
+            profile, analysis_dir, ext_seeds, ext_envs, dropouts, **kept
         ),
-        "pretraining": lambda: compute_pretraining(profile, analysis_dir, seeds, test_envs, **kept),
+        "pretraining": lambda: compute_pretraining(
+            profile, analysis_dir, ext_seeds, ext_envs, **kept
+        ),
         "linear_ft": lambda: linear_sweep(
             profile,
             seeds,
@@ -1130,8 +1194,20 @@ def analysis_tables(
             **_overrides(weights=weights),
         ),
     }
+    linear_cache = table_cache(
+        analysis_dir,
+        "linear_ft",
+        **linear_inputs(profile, seeds, dropouts, test_envs, weight_decays, weights, **kept),
+    )
     tables = {
-        name: analysis_table(name, tables_dir, compute, train_missing, name.removesuffix("_ft"))
+        name: analysis_table(
+            name,
+            tables_dir,
+            compute,
+            train_missing,
+            name.removesuffix("_ft"),
+            cache=linear_cache if name == "linear_ft" else None,
+        )
         for name, compute in computations.items()
     }
     return tables | {"full_ft": full_table(runs_dir)}

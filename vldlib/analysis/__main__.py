@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="e.g. 0,1,2")
     parser.add_argument("--test-envs", type=_ints, default=[0, 1, 2, 3], help="e.g. 0,1")
     parser.add_argument("--dropouts", type=_floats, help="linear, scratch: e.g. 0,0.9")
-    parser.add_argument("--long-run", type=Path, help="interpolation: a finished run folder")
+    parser.add_argument(
+        "--long-run", type=Path, nargs="+", help="interpolation: finished run folders (seeds)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.name == "interpolation" and args.long_run is None:
-        parser.error("interpolation needs --long-run RUN_FOLDER")
+        parser.error("interpolation needs --long-run RUN_FOLDER [RUN_FOLDER ...]")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         frames = _commands(args)[args.name]()

@@ -149,41 +149,53 @@ def linear_summary(linear: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
 
 
 def interpolation_tables(
-    long_run: str | Path,
+    long_runs: str | Path | Sequence[str | Path],
     out: str | Path,
     mild_steps: int = MILD_STEPS,
     pre_heads: Sequence[str] = PRE_HEADS,
 ) -> dict[str, pd.DataFrame]:
-    """``interpolation``: both paths of Fig. 1 from ``long_run`` (a finished run with a checkpoint)
-    and from a mild fine-tuning of the same config trained for ``mild_steps`` steps at the
-    initial learning rate into ``out/trained/mild``, each with every pre-trained head of
-    ``pre_heads`` (see ``interpolation_from_run``); ``interpolation_gaps`` summarises them."""
-    config = RunDir(long_run).stored_config()
-    if config is None:
-        raise RunError(f"{long_run} has no config.json: give a run folder")
-    data = get_dataset(config.dataset, config.data_dir)
-    mild = dataclasses.replace(
-        config, steps=mild_steps, lr_milestones=(), trajectory_baselines=False
-    )
-    mild_run = run_dir(Path(out) / "trained" / "mild", mild, data)
-    run_local([mild], mild_run.parent, progress=False)
-    frames = [
-        interpolation_from_run(run, pre_head=head, data=data).assign(finetuning=name)
-        for name, run in (("mild", mild_run), ("long", Path(long_run)))
-        for head in pre_heads
-    ]
+    """``interpolation``: both paths of Fig. 1 for each of ``long_runs`` (finished runs with a
+    checkpoint, e.g. one per seed) and for a mild fine-tuning of the same config trained for
+    ``mild_steps`` steps at the initial learning rate into ``out/trained/mild``, each with every
+    pre-trained head of ``pre_heads`` (see ``interpolation_from_run``); ``interpolation_gaps``
+    summarises them per seed."""
+    if isinstance(long_runs, str | Path):
+        long_runs = [long_runs]
+    if not long_runs:
+        raise RunError("interpolation needs at least one finished run folder")
+    frames = []
+    for long_run in long_runs:
+        config = RunDir(long_run).stored_config()
+        if config is None:
+            raise RunError(f"{long_run} has no config.json: give a run folder")
+        data = get_dataset(config.dataset, config.data_dir)
+        mild = dataclasses.replace(
+            config, steps=mild_steps, lr_milestones=(), trajectory_baselines=False
+        )
+        mild_run = run_dir(Path(out) / "trained" / "mild", mild, data)
+        run_local([mild], mild_run.parent, progress=False)
+        frames += [
+            interpolation_from_run(run, pre_head=head, data=data).assign(
+                finetuning=name,
+                long_run=Path(long_run).name,
+                test_domain=data.domains[config.test_env],
+            )
+            for name, run in (("mild", mild_run), ("long", Path(long_run)))
+            for head in pre_heads
+        ]
     curve = pd.concat(frames, ignore_index=True)
     return {"interpolation": curve, "interpolation_gaps": interpolation_gaps(curve)}
 
 
 def interpolation_gaps(curve: pd.DataFrame) -> pd.DataFrame:
-    """How far the two paths of an ``interpolation`` table part: per (finetuning, pre_head) and
-    accuracy, the mean and max over α of |representation − weights|. Fig. 1's claim is a small
-    gap after a mild fine-tuning and a larger one after a long one."""
-    keys = ["finetuning", "pre_head", "alpha"]
-    wide = curve.pivot_table(index=keys, columns="kind", values=["iid_acc", "ood_acc"])
+    """How far the two paths of an ``interpolation`` table part: per long run and its mild
+    counterpart (``long_run``, with its ``seed``, when the table has them), fine-tuning and
+    pre-trained head, and per accuracy, the mean and max over α of |representation − weights|.
+    Fig. 1's claim is a small gap after a mild fine-tuning and a larger one after a long one."""
+    keys = [k for k in ("long_run", "seed") if k in curve] + ["finetuning", "pre_head"]
+    wide = curve.pivot_table(index=[*keys, "alpha"], columns="kind", values=["iid_acc", "ood_acc"])
     gaps = (wide.xs("representation", axis=1, level=1) - wide.xs("weights", axis=1, level=1)).abs()
-    out = gaps.groupby(level=keys[:2]).agg(["mean", "max"])
+    out = gaps.groupby(level=keys).agg(["mean", "max"])
     out.columns = [f"{acc}_gap_{stat}" for acc, stat in out.columns]
     return out.reset_index()
 
