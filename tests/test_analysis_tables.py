@@ -109,12 +109,12 @@ def test_interpolation_gap_table_pairs_mild_and_long_per_run() -> None:
     ]  # fmt: skip
     out = interpolation_gap(AnalysisTable("interpolation", pd.DataFrame(rows), "test"))
     long = out[out["fine-tuning"] == "long"].iloc[0]
-    assert long.runs == 3 and long["max |gap| [95% CI]"].startswith("0.600 [")
+    assert long.runs == 3 and long["o.o.d. max |gap| [95% CI]"].startswith("0.600 [")
     # mean over α of the long gap minus the mild one: (0.3 − 0.1)·s / 2 = 0.1·s, mean 0.2
-    assert long["mean |gap| change from mild [95% CI]"].startswith("+0.200 [")
-    assert out[out["fine-tuning"] == "mild"].iloc[0]["mean |gap| change from mild [95% CI]"] == (
-        "reference"
-    )
+    assert long["o.o.d. mean |gap| change from mild"].startswith("+0.200 [")
+    assert long["i.i.d. mean |gap| change from mild"] == "+0.000 [+0.000, +0.000]"  # no i.i.d. gap
+    mild = out[out["fine-tuning"] == "mild"].iloc[0]
+    assert mild["o.o.d. mean |gap| change from mild"] == "reference"
 
 
 def test_a_table_computed_once_is_read_from_its_cache(tmp_path) -> None:

@@ -895,9 +895,9 @@ def plot_interpolation(table: AnalysisTable) -> plt.Figure:
 
 
 def interpolation_gap(table: AnalysisTable) -> pd.DataFrame:
-    """Per pre-trained head and fine-tuning length: the mean and largest |o.o.d. gap| between
-    the weight and representation paths over α (mean [95% CI] over seeds), the paired change of
-    the mean gap from mild to long, and what the paper shows."""
+    """Per pre-trained head and fine-tuning length: the mean (over α) and largest |gap| between
+    the weight and representation paths, o.o.d. and i.i.d. (mean [95% CI] over runs), the paired
+    change of the mean gap from mild to long, and what the paper shows."""
     from vldlib.analysis.tables import interpolation_gaps
 
     if table.frame is None:
@@ -907,21 +907,17 @@ def interpolation_gap(table: AnalysisTable) -> pd.DataFrame:
     paper = {"mild": "curves agree", "long": "curves diverge"}
     rows = []
     for (head, name), sub in gaps.groupby(["pre_head", "finetuning"], sort=False):
-        mild = gaps[(gaps.pre_head == head) & (gaps.finetuning == "mild")]
-        change = paired_text(
-            mild.set_index(pair).ood_acc_gap_mean, sub.set_index(pair).ood_acc_gap_mean
-        )
-        rows.append(
-            {
-                "pre-trained head": head,
-                "fine-tuning": name,
-                "runs": len(sub),
-                "mean |gap| [95% CI]": ci_text(sub.ood_acc_gap_mean),
-                "max |gap| [95% CI]": ci_text(sub.ood_acc_gap_max),
-                "mean |gap| change from mild [95% CI]": "reference" if name == "mild" else change,
-                f"paper ({PAPER_SOURCE})": paper.get(name, "—") + " (not read)",
+        mild = gaps[(gaps.pre_head == head) & (gaps.finetuning == "mild")].set_index(pair)
+        row = {"pre-trained head": head, "fine-tuning": name, "runs": len(sub)}
+        for acc, label in (("ood", "o.o.d."), ("iid", "i.i.d.")):
+            mean = sub[f"{acc}_acc_gap_mean"]
+            change = paired_text(mild[f"{acc}_acc_gap_mean"], mean.set_axis(sub[pair]))
+            row |= {
+                f"{label} mean |gap| [95% CI]": ci_text(mean),
+                f"{label} max |gap| [95% CI]": ci_text(sub[f"{acc}_acc_gap_max"]),
+                f"{label} mean |gap| change from mild": "reference" if name == "mild" else change,
             }
-        )
+        rows.append(row | {f"paper ({PAPER_SOURCE})": paper.get(name, "—") + " (not read)"})
     return pd.DataFrame(rows)
 
 
