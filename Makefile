@@ -38,7 +38,7 @@ test: lint chromium
 # whose config hash is finished is reused); TRAIN=0 only reads the committed results. The
 # extension figures (3 to 6 and 8) run on a smaller grid, notebooks/profiles/cpu_extensions.yaml
 # (held-out silhouette, seeds 0-2); EXTRA=1 (which implies TRAIN=1) also trains what is missing
-# of it (everything is committed; about 50 runs, 3 hours on 2 cores, when recomputed); without
+# of it (everything is committed; about 40 runs, 2.5 hours on 2 cores, when recomputed); without
 # it their pages say what is missing. FORCE=1 recomputes everything (runs and analysis tables)
 # into a fresh runs folder under _build/. Runs that notebooks train for the analyses go to
 # $(BOOK_ANALYSIS), which a rebuild keeps.
