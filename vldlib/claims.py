@@ -182,10 +182,11 @@ def claims_rows(
     """Every claim of the paper against our runs.
 
     Args:
-        bench: the main benchmark (``figures.load_benchmark`` with ``all_rates=True``), rich
-            pre-training, λ = 0 and 0.9 and whatever other rates have run.
-        rates: Fig. 3's sweep of the dropout rate, when it runs on a grid of its own (the cpu
-            book's extension grid); None: claim 3 reads the rates of ``bench``.
+        bench: the main benchmark (``figures.load_benchmark``), rich pre-training, λ = 0 and
+            0.9 (and, when ``rates`` is None, the other rates of Fig. 3: ``all_rates=True``).
+        rates: Fig. 3's sweep of the dropout rate (``load_benchmark`` with ``all_rates=True``)
+            when it runs on a grid of its own (the cpu book's extension grid); None: claim 3
+            reads the rates of ``bench``.
         decomposition: ``figures.decomposition_table`` output.
         scratch, pretraining, linear, full: the analyses' tables (``scratch``, ``pretraining``,
             ``linear_ft``, ``full_ft`` of ``python -m vldlib.analysis``).
