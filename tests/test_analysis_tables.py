@@ -118,7 +118,7 @@ def test_interpolation_gap_table_pairs_mild_and_long_per_run() -> None:
 
 
 def test_a_table_computed_once_is_read_from_its_cache(tmp_path) -> None:
-    from vldlib.figures import analysis_table, linear_inputs, table_cache
+    from vldlib.figures import analysis_table, table_cache
 
     calls = []
 
@@ -126,7 +126,7 @@ def test_a_table_computed_once_is_read_from_its_cache(tmp_path) -> None:
         calls.append(1)
         return pd.DataFrame({"ood_acc": [0.5, 0.25]})
 
-    inputs = linear_inputs("smoke", [0, 1], [0.0, 0.9], [0], [1e-4], dataset=None)
+    inputs = {"profile": "smoke", "seeds": [0, 1], "rates": [0.0, 0.9], "weight_decays": [1e-4]}
     cache = table_cache(tmp_path, "linear_ft", **inputs)
     assert cache != table_cache(tmp_path, "linear_ft", **(inputs | {"seeds": [0]}))
     first = analysis_table("linear_ft", None, compute, True, cache=cache)

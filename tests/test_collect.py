@@ -79,8 +79,8 @@ def test_collect_cli_writes_one_table_per_grid_selected_by_iid(tmp_path, capsys)
     assert "| silhouette " in markdown
 
 
-def test_combined_of_keeps_the_records_of_exactly_these_runs(tmp_path) -> None:
-    from vldlib.collect import COMBINED, combined_of
+def test_read_combined_keeps_the_records_of_exactly_these_runs(tmp_path) -> None:
+    from vldlib.collect import COMBINED, read_combined
     from vldlib.runs import append_record
 
     path = tmp_path / COMBINED
@@ -89,7 +89,7 @@ def test_combined_of_keeps_the_records_of_exactly_these_runs(tmp_path) -> None:
     for runs, acc in ((five, 0.6), (three, 0.7)):  # the smaller grid's record is newer
         append_record(path, {"test_env": 0, "dropout": 0.9, "method": "ens_1x", "ood_acc": acc,
                              "runs": sorted(runs)})  # fmt: skip
-    assert combined_of(tmp_path, {(0, 0.9): five[::-1]}).ood_acc.tolist() == [0.6]
-    assert combined_of(tmp_path, {(0, 0.9): three}).ood_acc.tolist() == [0.7]
-    assert combined_of(tmp_path, {(0, 0.9): ["r0"]}).empty
-    assert combined_of(tmp_path / "none", {(0, 0.9): three}).empty
+    assert read_combined(tmp_path, runs={(0, 0.9): five[::-1]}).ood_acc.tolist() == [0.6]
+    assert read_combined(tmp_path, runs={(0, 0.9): three}).ood_acc.tolist() == [0.7]
+    assert read_combined(tmp_path, runs={(0, 0.9): ["r0"]}).empty
+    assert read_combined(tmp_path / "none", runs={(0, 0.9): three}).empty

@@ -318,31 +318,29 @@ def to_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def read_combined(root: str | Path, keys: Sequence[str] = ("test_env", "dropout")) -> pd.DataFrame:
-    """``root/combined.jsonl`` with the newest record of each group (``keys``) and method."""
+def read_combined(
+    root: str | Path,
+    keys: Sequence[str] = ("test_env", "dropout"),
+    runs: Mapping[tuple, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """``root/combined.jsonl`` with the newest record of each group (``keys``) and method.
+
+    ``runs`` (group's ``keys`` values -> run folder names) keeps only the records that combine
+    exactly those folders: one made from another set of runs (fewer seeds, or one predating
+    the ``runs`` field) is left out rather than shown as this grid's, and does not hide it."""
     table = pd.DataFrame(read_records(Path(root) / COMBINED))
     if not len(table):
         return table
+    if runs is not None:
+        if "runs" not in table:
+            return pd.DataFrame()
+        wanted = {tuple(g): tuple(sorted(names)) for g, names in runs.items()}
+        groups = table[list(keys)].itertuples(index=False)
+        table = table[
+            [
+                isinstance(r, list) and wanted.get(tuple(g)) == tuple(r)
+                for g, r in zip(groups, table.runs, strict=True)
+            ]
+        ]
     subset = [k for k in (*keys, "method") if k in table.columns]
     return table.drop_duplicates(subset, keep="last").reset_index(drop=True)
-
-
-def combined_of(
-    root: str | Path,
-    groups: Mapping[tuple, Sequence[str]],
-    keys: Sequence[str] = ("test_env", "dropout"),
-) -> pd.DataFrame:
-    """The records of ``root/combined.jsonl`` that combine exactly the run folders ``groups``
-    gives for their group (``keys`` values -> folder names), the newest per group and method.
-    A record made from another set of runs (fewer seeds, or one predating the ``runs`` field)
-    is left out rather than shown as this grid's."""
-    table = pd.DataFrame(read_records(Path(root) / COMBINED))
-    if not len(table) or "runs" not in table:
-        return pd.DataFrame()
-    wanted = {tuple(g): tuple(sorted(names)) for g, names in groups.items()}
-    mask = [
-        isinstance(r, list | tuple) and wanted.get(tuple(g)) == tuple(r)
-        for g, r in zip(table[list(keys)].itertuples(index=False), table.runs, strict=True)
-    ]
-    table = table[mask]
-    return table.drop_duplicates([*keys, "method"], keep="last").reset_index(drop=True)

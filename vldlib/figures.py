@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from PIL import Image
 
-from vldlib.collect import combined_of, load_runs, loss_plateau, mean_ci, methods_table
+from vldlib.collect import load_runs, loss_plateau, mean_ci, methods_table, read_combined
 from vldlib.config import load_config, make_config
 from vldlib.runs import CONFIG, RunDir
 
@@ -212,10 +212,8 @@ def load_benchmark(
         combine_grid(computable, runs_dir)
     # Only records of exactly this grid's runs: a group combined from another seed set (a
     # smaller grid over the same folder) neither counts nor hides this one.
-    groups: dict[tuple, list[str]] = {}
-    for c in complete:
-        groups.setdefault((c.test_env, c.dropout), []).append(run_dir(runs_dir, c, data).name)
-    combined = combined_of(runs_dir, groups)
+    groups = {g: list(s.run) for g, s in status.groupby(["test_env", "dropout"]) if done[g]}
+    combined = read_combined(runs_dir, runs=groups)
     shown = set(zip(combined.test_env, combined.dropout, strict=True)) if len(combined) else set()
     if absent - shown:
         notes.append(
@@ -903,15 +901,15 @@ def interpolation_gap(table: AnalysisTable) -> pd.DataFrame:
     if table.frame is None:
         return pd.DataFrame({"status": [table.source]})
     gaps = interpolation_gaps(table.frame)
-    pair = "long_run" if "long_run" in gaps else "seed"  # the long run its mild one copies
     paper = {"mild": "curves agree", "long": "curves diverge"}
     rows = []
     for (head, name), sub in gaps.groupby(["pre_head", "finetuning"], sort=False):
-        mild = gaps[(gaps.pre_head == head) & (gaps.finetuning == "mild")].set_index(pair)
+        # paired by long run: each mild run is a copy of one long run's config
+        mild = gaps[(gaps.pre_head == head) & (gaps.finetuning == "mild")].set_index("long_run")
         row = {"pre-trained head": head, "fine-tuning": name, "runs": len(sub)}
         for acc, label in (("ood", "o.o.d."), ("iid", "i.i.d.")):
             mean = sub[f"{acc}_acc_gap_mean"]
-            change = paired_text(mild[f"{acc}_acc_gap_mean"], mean.set_axis(sub[pair]))
+            change = paired_text(mild[f"{acc}_acc_gap_mean"], mean.set_axis(sub.long_run))
             row |= {
                 f"{label} mean |gap| [95% CI]": ci_text(mean),
                 f"{label} max |gap| [95% CI]": ci_text(sub[f"{acc}_acc_gap_max"]),
@@ -1125,25 +1123,41 @@ def compute_pretraining(
     return run_pretraining(configs, Path(out_dir) / "runs" / "pretraining", progress=False)
 
 
-def linear_inputs(
+def linear_table(
     profile: str,
+    tables_dir: str | Path | None,
+    analysis_dir: str | Path,
+    train_missing: bool,
     seeds: Sequence[int],
     rates: Sequence[float],
     test_envs: Sequence[int],
     weight_decays: Sequence[float],
-    weights: str | None = None,
     **overrides: Any,
-) -> dict[str, Any]:
-    """What linear fine-tuning's table depends on, as Figs. 9–10 and the claims page name it:
-    the key of its ``table_cache``."""
-    return {
+) -> AnalysisTable:
+    """Figs. 9–10's ``linear_ft`` table (``analysis.linear.linear_sweep``), as ``analysis_table``
+    gets it; a computed table is kept under ``analysis_dir`` (``table_cache``), so the Figs.
+    9–10 page and the claims page of one book build compute it once."""
+    from vldlib.analysis.linear import linear_sweep
+
+    kept = _overrides(**overrides)
+    inputs = {
         "profile": profile,
         "seeds": [int(s) for s in seeds],
         "rates": [float(r) for r in rates],
         "test_envs": [int(e) for e in test_envs],
         "weight_decays": [float(w) for w in weight_decays],
-        **_overrides(weights=weights, **overrides),
+        **kept,
     }
+    return analysis_table(
+        "linear_ft",
+        tables_dir,
+        lambda: linear_sweep(
+            profile, seeds, rates, test_envs, weight_decays, progress=False, **kept
+        ),
+        train_missing,
+        command="linear",
+        cache=table_cache(analysis_dir, "linear_ft", **inputs),
+    )
 
 
 def analysis_tables(
@@ -1167,8 +1181,6 @@ def analysis_tables(
     ``weights`` is the backbone of linear fine-tuning (from scratch has none; Fig. 8 compares
     its own two). From scratch and Fig. 8 run on ``extension_seeds`` × ``extension_test_envs``
     (default: ``seeds`` × ``test_envs``), as their notebooks do in the cpu book."""
-    from vldlib.analysis.linear import linear_sweep
-
     kept = _overrides(**overrides)
     ext_seeds = seeds if extension_seeds is None else extension_seeds
     ext_envs = test_envs if extension_test_envs is None else extension_test_envs
@@ -1179,31 +1191,21 @@ def analysis_tables(
         "pretraining": lambda: compute_pretraining(
             profile, analysis_dir, ext_seeds, ext_envs, **kept
         ),
-        "linear_ft": lambda: linear_sweep(
-            profile,
-            seeds,
-            dropouts,
-            test_envs,
-            weight_decays,
-            progress=False,
-            **kept,
-            **_overrides(weights=weights),
-        ),
     }
-    linear_cache = table_cache(
-        analysis_dir,
-        "linear_ft",
-        **linear_inputs(profile, seeds, dropouts, test_envs, weight_decays, weights, **kept),
-    )
     tables = {
-        name: analysis_table(
-            name,
-            tables_dir,
-            compute,
-            train_missing,
-            name.removesuffix("_ft"),
-            cache=linear_cache if name == "linear_ft" else None,
-        )
+        name: analysis_table(name, tables_dir, compute, train_missing)
         for name, compute in computations.items()
     }
+    tables["linear_ft"] = linear_table(
+        profile,
+        tables_dir,
+        analysis_dir,
+        train_missing,
+        seeds,
+        dropouts,
+        test_envs,
+        weight_decays,
+        weights=weights,
+        **kept,
+    )
     return tables | {"full_ft": full_table(runs_dir)}
